@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Each creates .venv (if missing), installs bridgeseg with its test extras into it, and runs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bridgeseg-installed
+
+.PHONY: demo test test-slow benchmarks clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bridgeseg demo --out demo-output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/bootstrap_overhead.py
+	$(BIN)/python benchmarks/fcrn_vs_deeplabv3.py
+
+clean:
+	rm -rf $(VENV) demo-output src/*.egg-info

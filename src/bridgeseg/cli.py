@@ -1,0 +1,153 @@
+"""The ``bridgeseg`` command line: parses arguments, builds, calls. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config, resolve_config_path
+
+
+def _load(args: argparse.Namespace):
+    overrides = list(args.set or [])
+    if getattr(args, "data_root", None):
+        overrides.append(f"data.root={args.data_root}")
+    return load_config(resolve_config_path(args.config), overrides)
+
+
+def _write_json(results: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.train import train
+    from .report import metrics_table
+
+    config = _load(args)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    print(f"training {Path(args.config).name} into {out} (resolved config: {out / 'config.yaml'})")
+    result = train(config, out, resume=not args.no_resume)
+    class_names = _class_names(config)
+    print(f"\nfinished {result.steps} steps in {result.seconds / 60:.1f} min; checkpoint {result.checkpoint}")
+    print(metrics_table(result.metrics, class_names))
+    return 0
+
+
+def _class_names(config) -> tuple[str, ...]:
+    from .data.voc import read_class_names
+
+    return read_class_names(config.data.root)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate_config
+    from .report import metrics_table
+
+    config = _load(args)
+    results, class_names = evaluate_config(config, args.checkpoint, oracle=args.oracle, device=args.device)
+    print(metrics_table(results, class_names))
+    _write_json(results, args.json)
+    return 0
+
+
+def cmd_score_semantic(args: argparse.Namespace) -> int:
+    from .evaluation.semantic import score_semantic_folders
+    from .report import metrics_table
+
+    results = {"semantic": score_semantic_folders(args.gt, args.pred, args.num_classes, args.ignore_index,
+                                                  progress=True)}
+    print(metrics_table(results))
+    _write_json(results["semantic"], args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), minutes=args.minutes, num_train=args.train_images, num_val=args.val_images)
+    return 0
+
+
+def cmd_data_synthetic(args: argparse.Namespace) -> int:
+    from .data.synthetic import SceneSpec, generate_dataset
+
+    root = generate_dataset(args.out, args.train, args.val, seed=args.seed, spec=SceneSpec(image_size=args.size),
+                            progress=True)
+    print(f"wrote a synthetic VOC-layout dataset to {root} ({args.train} train / {args.val} val images)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridgeseg", description=(
+        "Semantic and proposal-free instance segmentation (Wu, Shen, van den Hengel 2016)."))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("config", help="a YAML config (or the name of a shipped one, e.g. demo)")
+        sub.add_argument("--data-root", help="dataset root in the config's layout (overrides data.root)")
+        sub.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
+                         help="override config keys, e.g. --set train.lr=0.01 model.depth=50")
+
+    sub = commands.add_parser("train", help="train a model from a config")
+    config_arguments(sub)
+    sub.add_argument("--out", help="run folder (default runs/<config name>); an existing run there is resumed")
+    sub.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last.pt exists")
+    sub.set_defaults(handler=cmd_train)
+
+    sub = commands.add_parser("evaluate", help="evaluate a checkpoint on the config's validation split")
+    config_arguments(sub)
+    sub.add_argument("--checkpoint", help="a training checkpoint (OUT/final.pt or OUT/last.pt)")
+    sub.add_argument("--oracle", choices=("semantic", "localization", "both"),
+                     help="replace score maps / transform maps / both by ground truth")
+    sub.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    sub.add_argument("--json", help="write the metrics to this JSON file")
+    sub.set_defaults(handler=cmd_evaluate)
+
+    score = commands.add_parser("score", help="score prediction files against ground truth")
+    kinds = score.add_subparsers(dest="kind", required=True, metavar="KIND")
+    sub = kinds.add_parser("semantic", help="label PNGs vs label PNGs, matched by file stem")
+    sub.add_argument("--gt", required=True, help="folder of ground-truth label PNGs")
+    sub.add_argument("--pred", required=True, help="folder of predicted label PNGs")
+    sub.add_argument("--num-classes", type=int, help="default: from classes.txt next to --gt, else 21 (VOC)")
+    sub.add_argument("--ignore-index", type=int, default=255)
+    sub.add_argument("--json", help="write the metrics to this JSON file")
+    sub.set_defaults(handler=cmd_score_semantic)
+
+    sub = commands.add_parser("demo", help="generate the synthetic dataset, train, evaluate, draw overlays")
+    sub.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    sub.add_argument("--minutes", type=float, default=6.0, help="training time budget in minutes (default 6)")
+    sub.add_argument("--train-images", type=int, default=400, help=argparse.SUPPRESS)
+    sub.add_argument("--val-images", type=int, default=60, help=argparse.SUPPRESS)
+    sub.set_defaults(handler=cmd_demo)
+
+    data = commands.add_parser("data", help="dataset tools")
+    tools = data.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    sub = tools.add_parser("synthetic", help="write the synthetic shapes dataset in the VOC layout")
+    sub.add_argument("--out", required=True, help="dataset root to write")
+    sub.add_argument("--train", type=int, default=400, help="training images (default 400)")
+    sub.add_argument("--val", type=int, default=60, help="validation images (default 60)")
+    sub.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.set_defaults(handler=cmd_data_synthetic)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"bridgeseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; a training run resumes from its last checkpoint when started again", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Reading and writing images and label PNGs, with errors that name the file.
+
+Label PNGs hold class (or instance) indices, 255 = void. Palette ("P") and grayscale ("L", "I;16",
+"I") PNGs are read as their raw indices; RGB colour-coded PNGs are decoded through a colour
+table (the VOC palette by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+VOID = 255
+
+
+def voc_palette(num_colors: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map: (num_colors, 3) uint8, index 255 is (224, 224, 192)."""
+    palette = np.zeros((num_colors, 3), dtype=np.uint8)
+    for index in range(num_colors):
+        value, r, g, b = index, 0, 0, 0
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"image {path} is corrupt or not an image ({error}); replace or remove it") from error
+
+
+def read_label(path: str | Path, colors: np.ndarray | None = None) -> np.ndarray:
+    """Read a label PNG as an (H, W) int64 array of indices.
+
+    Args:
+        path: a palette, grayscale or 16-bit PNG of indices, or an RGB colour-coded PNG.
+        colors: (K, 3) uint8 colour of each index for RGB PNGs; defaults to the VOC palette, whose
+            index 255 is the void colour. An RGB colour not in the table is an error.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            array = np.asarray(image)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"label file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"label file {path} is corrupt or not an image ({error}); replace or remove it") from error
+    if mode in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+        return array.astype(np.int64)
+    if mode in ("RGB", "RGBA"):
+        return _decode_colors(array[..., :3], voc_palette() if colors is None else colors, path)
+    raise ValueError(f"label file {path} has image mode {mode}; expected a palette, grayscale or RGB PNG")
+
+
+def _decode_colors(rgb: np.ndarray, colors: np.ndarray, path: Path) -> np.ndarray:
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    table = (colors[:, 0].astype(np.int64) << 16) | (colors[:, 1].astype(np.int64) << 8) | colors[:, 2]
+    unique, inverse = np.unique(codes, return_inverse=True)
+    lookup = {int(code): index for index, code in reversed(list(enumerate(table)))}
+    indices = np.empty(len(unique), dtype=np.int64)
+    for position, code in enumerate(unique):
+        if int(code) not in lookup:
+            color = ((code >> 16) & 255, (code >> 8) & 255, code & 255)
+            raise ValueError(f"label file {path} has colour {color}, which is no class colour; "
+                             "fix the file or give the colour table of your classes")
+        indices[position] = lookup[int(code)]
+    return indices[inverse].reshape(rgb.shape[:2])
+
+
+def write_label(path: str | Path, label: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write an (H, W) array of indices 0..255 as a palette PNG (VOC palette by default)."""
+    label = np.asarray(label)
+    if label.min(initial=0) < 0 or label.max(initial=0) > 255:
+        raise ValueError(f"cannot write {path}: label values must lie in 0..255")
+    image = Image.fromarray(label.astype(np.uint8))  # mode "L"; putpalette turns it into "P"
+    image.putpalette((voc_palette() if palette is None else palette).reshape(-1).tolist())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)

@@ -1,0 +1,120 @@
+"""From a ``DataConfig`` to batches: dataset construction, deterministic step-indexed sampling.
+
+The order of training samples is a pure function of (seed, step): step ``k`` takes the global
+sample positions ``k * B .. (k + 1) * B - 1`` of an endless stream of epochs, each epoch a seeded
+permutation, and each sample is augmented with a generator seeded by (seed, position). A resumed
+run therefore sees exactly the batches it would have seen, with any number of workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import Config, DataConfig
+from .transforms import TrainAugmentation, to_tensors
+from .voc import VOCSegmentation
+
+
+def build_dataset(config: DataConfig, split: str, with_instances: bool = False) -> VOCSegmentation:
+    """The dataset of ``config.dataset`` at ``config.root`` for ``split``."""
+    if config.dataset == "voc":
+        return VOCSegmentation(Path(config.root), split, with_instances=with_instances)
+    raise ValueError(f"unknown data.dataset {config.dataset!r}")
+
+
+class TrainingSamples(Dataset):
+    """Augmented tensors of a dataset, indexed by ``(index, position)`` pairs from ``StepSampler``."""
+
+    def __init__(self, dataset: Dataset, config: DataConfig, seed: int) -> None:
+        self.dataset = dataset
+        self.config = config
+        self.seed = seed
+        self.augment = TrainAugmentation(config.crop_size, config.scale_min, config.scale_max, config.flip, config.mean)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, position = key
+        rng = np.random.default_rng([self.seed, position])
+        sample = self.augment(self.dataset[index], rng)
+        return to_tensors(sample, self.config.mean, self.config.std)
+
+
+class EvaluationSamples(Dataset):
+    """Un-augmented tensors of a dataset (whole images), optionally only its first ``limit``."""
+
+    def __init__(self, dataset: Dataset, config: DataConfig, limit: int = 0) -> None:
+        self.dataset = dataset
+        self.config = config
+        self.length = min(limit, len(dataset)) if limit > 0 else len(dataset)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.dataset[index]
+        tensors = to_tensors(sample, self.config.mean, self.config.std)
+        tensors["raw_image"] = torch.from_numpy(np.array(sample["image"]))
+        return tensors
+
+
+class StepSampler(Sampler):
+    """Yields the batch of step ``k`` as ``[(index, position), ...]`` for ``k = start_step ..``.
+
+    Args:
+        size: dataset length.
+        batch_size: the global batch size ``B``.
+        seed: fixes epoch permutations and augmentation.
+        start_step, total_steps: the steps to yield.
+        rank, world_size: this process's share of each global batch (positions ``rank::world_size``).
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_step: int, total_steps: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if size == 0:
+            raise ValueError("the training split is empty")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.start_step, self.total_steps = start_step, total_steps
+        self.rank, self.world_size = rank, world_size
+        self._epoch, self._permutation = -1, None
+
+    def _index(self, position: int) -> int:
+        epoch = position // self.size
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._permutation = epoch, torch.randperm(self.size, generator=generator)
+        return int(self._permutation[position % self.size])
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        first = step * self.batch_size
+        positions = range(first + self.rank, first + self.batch_size, self.world_size)
+        return [(self._index(position), position) for position in positions]
+
+    def __iter__(self):
+        for step in range(self.start_step, self.total_steps):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+
+def training_loader(config: Config, dataset: Dataset, start_step: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches of augmented crops for steps ``start_step .. train.iterations - 1``."""
+    sampler = StepSampler(len(dataset), config.train.batch_size, config.train.seed, start_step,
+                          config.train.iterations, rank, world_size)
+    workers = config.data.workers
+    return DataLoader(TrainingSamples(dataset, config.data, config.train.seed), batch_sampler=sampler,
+                      num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def evaluation_loader(config: DataConfig, dataset: Dataset, limit: int = 0, workers: int | None = None) -> DataLoader:
+    """One whole image per batch (images of a split may differ in size)."""
+    workers = config.workers if workers is None else workers
+    return DataLoader(EvaluationSamples(dataset, config, limit), batch_size=1, num_workers=workers,
+                      pin_memory=torch.cuda.is_available())

@@ -1,0 +1,124 @@
+"""Datasets in the PASCAL VOC 2012 layout (also the layout of the synthetic demo dataset).
+
+```
+ROOT/JPEGImages/<id>.jpg
+ROOT/SegmentationClass/<id>.png      class index per pixel, 255 = void
+ROOT/SegmentationObject/<id>.png     instance index per pixel (0 background, 255 void); optional
+ROOT/ImageSets/Segmentation/<split>.txt   one <id> per line
+ROOT/classes.txt                     optional: one class name per line, background first
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .io import VOID, read_image, read_label
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def read_class_names(root: str | Path) -> tuple[str, ...]:
+    """Class names of a VOC-layout root: its ``classes.txt`` if present, else the 21 VOC classes."""
+    path = Path(root) / "classes.txt"
+    if not path.is_file():
+        return VOC_CLASSES
+    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if len(names) < 2:
+        raise ValueError(f"{path} must list at least two classes (background first), one per line")
+    if len(names) > 255:
+        raise ValueError(f"{path} lists {len(names)} classes; at most 255 fit in 8-bit label PNGs")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path} lists a class name twice")
+    return names
+
+
+def read_split(root: Path, split: str) -> list[str]:
+    """Image ids of ``ImageSets/Segmentation/<split>.txt`` (or a path to a list file)."""
+    path = Path(split) if split.endswith(".txt") else root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not path.is_file():
+        available = sorted(p.stem for p in (root / "ImageSets" / "Segmentation").glob("*.txt"))
+        raise FileNotFoundError(f"split list {path} does not exist; splits found under {root}: {available or 'none'}")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"split list {path} is empty")
+    return ids
+
+
+class VOCSegmentation(Dataset):
+    """Images with class labels (and optionally instance labels) in the VOC layout.
+
+    ``dataset[i]`` is a dict: ``image`` (H, W, 3) uint8, ``semantic`` (H, W) int64 with values
+    in 0..C-1 or 255, ``instance`` (H, W) int64 (only with ``with_instances``), ``name`` (the id).
+
+    Args:
+        root: the folder holding ``JPEGImages``, ``SegmentationClass``, ...
+        split: a split name (``train``, ``val``) or the path of an id list.
+        with_instances: also read ``SegmentationObject``.
+        class_names: overrides the names from ``classes.txt`` / VOC.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", with_instances: bool = False,
+                 class_names: tuple[str, ...] | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root {self.root} does not exist (set data.root or --data-root to a "
+                                    "folder with JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/)")
+        for folder in ("JPEGImages", "SegmentationClass") + (("SegmentationObject",) if with_instances else ()):
+            if not (self.root / folder).is_dir():
+                raise FileNotFoundError(f"dataset root {self.root} has no {folder}/ folder (expected the PASCAL VOC "
+                                        "layout: JPEGImages/, SegmentationClass/, SegmentationObject/, "
+                                        "ImageSets/Segmentation/)")
+        self.split = split
+        self.with_instances = with_instances
+        self.class_names = tuple(class_names) if class_names else read_class_names(self.root)
+        self.ids = read_split(self.root, split)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, name: str) -> Path:
+        for suffix in IMAGE_SUFFIXES:
+            path = self.root / "JPEGImages" / f"{name}{suffix}"
+            if path.is_file():
+                return path
+        raise FileNotFoundError(f"image {self.root / 'JPEGImages' / name}.jpg of split {self.split!r} does not exist")
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.ids[index]
+        image = read_image(self.image_path(name))
+        semantic_path = self.root / "SegmentationClass" / f"{name}.png"
+        semantic = read_label(semantic_path)
+        check_label(semantic, self.num_classes, semantic_path, image.shape[:2])
+        sample = {"image": image, "semantic": semantic, "name": name}
+        if self.with_instances:
+            instance_path = self.root / "SegmentationObject" / f"{name}.png"
+            instance = read_label(instance_path, colors=None)
+            check_label(instance, None, instance_path, image.shape[:2])
+            sample["instance"] = instance
+        return sample
+
+
+def check_label(label: np.ndarray, num_classes: int | None, path: Path, image_size: tuple[int, int]) -> None:
+    """Raise ``ValueError`` naming ``path`` when a label map does not fit its image or its classes."""
+    if label.shape != tuple(image_size):
+        raise ValueError(f"label {path} is {label.shape[1]}x{label.shape[0]} but its image is "
+                         f"{image_size[1]}x{image_size[0]} (width x height); they must match")
+    if num_classes is not None:
+        bad = (label >= num_classes) & (label != VOID)
+        if bad.any():
+            raise ValueError(f"label {path} has value {int(label[bad].max())}, but there are only {num_classes} "
+                             f"classes (0..{num_classes - 1}, 255 = void); fix the file or list the classes in "
+                             "classes.txt")

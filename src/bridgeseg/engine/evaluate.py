@@ -1,0 +1,206 @@
+"""Evaluation of a model (or of ground-truth "oracle" maps) on a dataset split.
+
+Per image: class probabilities at the output stride, upsampled to the image for the semantic
+prediction (confusion matrix); for models with a localization head, the grouping of
+``grouping.py`` turns probabilities and transforms into instances (mAP^r).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import InstanceConfig
+from ..data.instances import instances_from_maps
+from ..evaluation.instance import InstanceEvaluator
+from ..evaluation.semantic import SemanticEvaluator
+from ..grouping import GroupingParams, Instances, group_instances
+from ..models.fcrn import resize_to_input
+from ..targets import box_targets
+
+ORACLES = ("semantic", "localization", "both")
+
+
+def grouping_params(config: InstanceConfig) -> GroupingParams:
+    return GroupingParams(top_n=config.top_n, nms_threshold=config.nms_threshold,
+                          region_nms_threshold=config.region_nms_threshold,
+                          min_cluster_size=config.min_cluster_size, max_instances=config.max_instances)
+
+
+def oracle_probabilities(semantic: torch.Tensor, num_classes: int, stride: int) -> torch.Tensor:
+    """One-hot class probabilities from a label map: (H, W) -> (C, h, w); void counts as background."""
+    labels = semantic[::stride, ::stride].clone()
+    labels[(labels < 0) | (labels >= num_classes)] = 0
+    return torch.nn.functional.one_hot(labels, num_classes).permute(2, 0, 1).float()
+
+
+def oracle_transforms(instance: torch.Tensor, semantic: torch.Tensor, num_classes: int, stride: int) -> torch.Tensor:
+    """Ground-truth transform maps: (H, W) label maps -> (4 (C - 1), h, w); each pixel's own
+    instance transform in its class's channels, zeros elsewhere."""
+    targets = box_targets(instance[None], semantic[None], num_classes, stride)
+    classes = targets.classes[0]
+    h, w = classes.shape
+    maps = torch.zeros(num_classes - 1, 4, h, w, device=instance.device)
+    has_target = classes > 0
+    index = (classes - 1).clamp(min=0)
+    maps[index[has_target], :, *has_target.nonzero(as_tuple=True)] = targets.transforms[0].permute(1, 2, 0)[has_target]
+    return maps.view(4 * (num_classes - 1), h, w)
+
+
+@dataclass
+class ImageMaps:
+    """Dense predictions of one image on a grid of ``stride`` input pixels: ``probs`` (C, h, w)
+    class probabilities, ``transforms`` (4 (C - 1), h, w) box transforms, ``semantic`` (H, W)
+    the per-pixel class at image resolution; a map the model does not produce is None."""
+
+    probs: torch.Tensor | None
+    transforms: torch.Tensor | None
+    stride: int
+    semantic: torch.Tensor | None
+
+
+@torch.no_grad()
+def image_maps(model: nn.Module, image: torch.Tensor, output_stride: int) -> ImageMaps:
+    """Run ``model`` on one normalised image (1, 3, H, W)."""
+    outputs = model(image)
+    probs = semantic = transforms = None
+    if "semantic" in outputs:
+        logits = outputs["semantic"].float()
+        semantic = resize_to_input(logits, tuple(image.shape[-2:]), output_stride).argmax(dim=1)[0]
+        probs = torch.softmax(logits[0], dim=0)
+    if "localization" in outputs:
+        transforms = outputs["localization"][0].float()
+    return ImageMaps(probs, transforms, output_stride, semantic)
+
+
+def apply_oracle(maps: ImageMaps | None, oracle: str, semantic: torch.Tensor, instance: torch.Tensor,
+                 num_classes: int, output_stride: int) -> ImageMaps:
+    """Replace predicted maps by ground truth: ``semantic``, ``localization`` or ``both``.
+
+    ``both`` needs no network and works at label resolution (stride 1), so that it tests the
+    grouping alone; the single oracles use the network's grid.
+    """
+    if oracle == "both":
+        return ImageMaps(oracle_probabilities(semantic, num_classes, 1),
+                         oracle_transforms(instance, semantic, num_classes, 1), 1, semantic)
+    if maps is None:
+        raise ValueError(f"oracle {oracle!r} replaces only part of the maps and needs a model checkpoint")
+    if oracle == "semantic":
+        return ImageMaps(oracle_probabilities(semantic, num_classes, output_stride), maps.transforms, output_stride,
+                         semantic)
+    if oracle == "localization":
+        if maps.probs is None:
+            raise ValueError("--oracle localization needs a checkpoint with a semantic head")
+        return ImageMaps(maps.probs, oracle_transforms(instance, semantic, num_classes, output_stride),
+                         output_stride, maps.semantic)
+    raise ValueError(f"unknown oracle {oracle!r}; choose one of {ORACLES}")
+
+
+def evaluate_model(model: nn.Module | None, loader, class_names: tuple[str, ...], device: torch.device,
+                   output_stride: int, instance_config: InstanceConfig | None = None, oracle: str | None = None,
+                   progress: bool = True, description: str = "evaluating") -> dict:
+    """Semantic (and, with ``instance_config``, instance) metrics over ``loader``.
+
+    Args:
+        model: the network in eval mode, or None with ``oracle="both"``.
+        loader: batches of one whole image (``evaluation_loader``) with ``semantic`` and, for
+            instance evaluation, ``instance`` label maps.
+        class_names: C names, background first.
+        instance_config: grouping and protocol; None skips instance evaluation.
+        oracle: None, ``semantic``, ``localization`` or ``both`` (see ``apply_oracle``).
+
+    Returns:
+        ``{"semantic": {...}}`` plus ``"instance": {...}`` when instances are evaluated.
+    """
+    num_classes = len(class_names)
+    semantic_evaluator = SemanticEvaluator(num_classes)
+    instance_evaluator = InstanceEvaluator(list(class_names), instance_config.protocol) if instance_config else None
+    params = grouping_params(instance_config) if instance_config else None
+    if model is not None:
+        model.eval()
+    for batch in tqdm(loader, desc=description, unit="img", disable=not progress, leave=False):
+        semantic = batch["semantic"][0].to(device)
+        maps = image_maps(model, batch["image"].to(device), output_stride) if model is not None else None
+        if oracle is not None:
+            maps = apply_oracle(maps, oracle, semantic, batch["instance"][0].to(device), num_classes, output_stride)
+        if maps.semantic is None:
+            raise ValueError("this checkpoint has no semantic head: evaluate it with --oracle semantic "
+                             "(ground-truth class maps) to score its instances")
+        semantic_evaluator.process(maps.semantic, semantic)
+        if instance_evaluator is not None:
+            if maps.transforms is None:
+                raise ValueError("instance evaluation needs a model with a localization head "
+                                 "(model.arch localization needs --semantic-checkpoint, or use joint/separate)")
+            found = group_instances(maps.probs, maps.transforms, maps.stride, tuple(semantic.shape), params)
+            gt_masks, gt_labels, void = instances_from_maps(batch["instance"][0].to(device), semantic, num_classes)
+            instance_evaluator.process(found.masks, found.labels, found.scores, gt_masks, gt_labels, void)
+    results = {"semantic": semantic_evaluator.evaluate()}
+    if instance_evaluator is not None:
+        results["instance"] = instance_evaluator.evaluate()
+    return results
+
+
+def predict_instances(maps: ImageMaps, image_size: tuple[int, int], config: InstanceConfig) -> Instances:
+    """Group one image's maps into instances."""
+    return group_instances(maps.probs, maps.transforms, maps.stride, image_size, grouping_params(config))
+
+
+def load_trained_model(checkpoint_path, device: torch.device):
+    """A model and its class names from a training checkpoint (architecture from the checkpoint).
+
+    Returns:
+        ``(model in eval mode, class_names, model_config)``.
+    """
+    from ..config import config_from_dict
+    from ..engine.checkpoint import load_checkpoint
+    from ..models import build_model
+
+    state = load_checkpoint(checkpoint_path, map_location="cpu")
+    trained = config_from_dict(state["config"])
+    class_names = tuple(state["class_names"])
+    model = build_model(trained.model, len(class_names), load_weights=False)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), class_names, trained.model
+
+
+def evaluate_config(config, checkpoint_path=None, oracle: str | None = None, device: str = "auto",
+                    progress: bool = True) -> tuple[dict, tuple[str, ...]]:
+    """Evaluate a checkpoint (or an oracle) on ``config``'s evaluation split.
+
+    Instances are evaluated when the model has a localization head (or an oracle provides one).
+
+    Returns:
+        ``(results, class_names)`` with results ``{"semantic": {...}, "instance"?: {...}}``.
+    """
+    from ..data.loading import build_dataset, evaluation_loader
+    from .train import resolve_device
+
+    device = resolve_device(device if device != "auto" else config.train.device)
+    model, output_stride = None, config.model.output_stride
+    if checkpoint_path is not None:
+        model, class_names, model_config = load_trained_model(checkpoint_path, device)
+        output_stride = model_config.output_stride
+        arch = model_config.arch
+    elif oracle == "both":
+        arch = "joint"
+    else:
+        raise ValueError("evaluate needs --checkpoint (only --oracle both runs without a network)")
+    instances = arch in ("joint", "separate") or (arch == "localization" and oracle == "semantic") or oracle == "both"
+    if arch == "semantic" and oracle in ("localization",):
+        raise ValueError("--oracle localization with a semantic-only checkpoint leaves no network output to use; "
+                         "use --oracle both")
+    split = config.eval.split or config.data.val_split
+    dataset = build_dataset(config.data, split, with_instances=instances or oracle is not None)
+    if checkpoint_path is None:
+        class_names = dataset.class_names
+    elif len(dataset.class_names) != len(class_names):
+        raise ValueError(f"the checkpoint was trained on {len(class_names)} classes {list(class_names)} but the "
+                         f"dataset at {config.data.root} has {len(dataset.class_names)}; point --data-root at a "
+                         "dataset with the same classes")
+    loader = evaluation_loader(config.data, dataset, limit=config.eval.max_images)
+    results = evaluate_model(model, loader, class_names, device, output_stride,
+                             config.instance if instances else None, oracle=oracle, progress=progress)
+    return results, class_names

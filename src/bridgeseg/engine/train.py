@@ -1,0 +1,193 @@
+"""The training loop, readable top to bottom.
+
+SGD with momentum and weight decay; the learning rate follows the poly schedule
+``lr = base_lr * (1 - progress) ** poly_power`` where progress is ``step / iterations`` (or, with
+``train.time_limit_minutes``, whichever of that and ``elapsed / limit`` is larger, so a run on a
+slow machine still ends on time with a fully decayed rate). The heads learn ``head_lr_mult``
+times faster than the backbone. Every ``checkpoint_every`` steps ``<out>/last.pt`` is written
+atomically; a run restarted with the same ``--out`` resumes from it. Logs go to
+``<out>/metrics.jsonl`` (one JSON object per line) and ``<out>/curves.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import Config, save_config
+from ..data.loading import build_dataset, evaluation_loader, training_loader
+from ..losses import SegmentationLoss
+from ..models import build_model
+from ..visualize import plot_training_curves
+from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .evaluate import evaluate_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; any other name is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but CUDA is not available; use train.device=cpu or auto")
+    return device
+
+
+def needs_instances(arch: str) -> bool:
+    """Whether a model of this arch trains or evaluates on instance labels."""
+    return arch in ("localization", "joint", "separate")
+
+
+def parameter_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
+    """Backbone parameters at ``lr``, head parameters at ``lr * head_lr_mult``."""
+    backbone, heads = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (heads if ".heads." in f".{name}" else backbone).append(parameter)
+    return [{"params": backbone, "initial_lr": lr}, {"params": heads, "initial_lr": lr * head_lr_mult}]
+
+
+def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's), or AdamW (faster from random initialisation)."""
+    groups = parameter_groups(model, config.lr, config.head_lr_mult)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def poly_factor(progress: float, power: float) -> float:
+    return max(0.0, 1.0 - progress) ** power
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    checkpoint: Path
+    steps: int
+    seconds: float
+    metrics: dict
+
+
+def _instance_config_if_needed(config: Config):
+    return config.instance if config.model.arch in ("joint", "separate") else None
+
+
+def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bool = True) -> TrainResult:
+    """Train ``config`` into ``out_dir`` (resuming from ``out_dir/last.pt`` when present)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    tcfg = config.train
+    if tcfg.threads > 0:
+        torch.set_num_threads(tcfg.threads)
+    torch.manual_seed(tcfg.seed)
+    device = resolve_device(tcfg.device)
+
+    with_instances = needs_instances(config.model.arch)
+    train_set = build_dataset(config.data, config.data.train_split, with_instances)
+    val_set = build_dataset(config.data, config.eval.split or config.data.val_split, with_instances)
+    class_names = train_set.class_names
+    model = build_model(config.model, len(class_names)).to(device)
+    memory_format = torch.channels_last if config.model.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = build_optimizer(model, tcfg)
+    criterion = SegmentationLoss(config.loss, len(class_names), config.model.output_stride)
+
+    step, elapsed_before = 0, 0.0
+    last_path = out_dir / "last.pt"
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"])
+        step, elapsed_before = state["step"], state["elapsed"]
+        print(f"resuming from {last_path} at step {step}")
+
+    def checkpoint(path: Path, elapsed: float) -> Path:
+        return save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                "elapsed": elapsed, "config": config.to_dict(), "class_names": list(class_names),
+                                "rng": rng_state()}, path)
+
+    def run_evaluation(limit: int) -> dict:
+        loader = evaluation_loader(config.data, val_set, limit=limit, workers=0)
+        metrics = evaluate_model(model, loader, class_names, device, config.model.output_stride,
+                                 _instance_config_if_needed(config), progress=progress,
+                                 description=f"evaluating at step {step}")
+        model.train()
+        return metrics
+
+    log = MetricsLog(out_dir / "metrics.jsonl")
+    limit_seconds = tcfg.time_limit_minutes * 60
+    loader = training_loader(config, train_set, start_step=step)
+    bar = tqdm(total=tcfg.iterations, initial=step, desc="training", unit="it", disable=not progress,
+               dynamic_ncols=True)
+    model.train()
+    start = time.perf_counter()
+    window_start, window_images = start, 0
+    for batch in loader:
+        elapsed = elapsed_before + time.perf_counter() - start
+        progress_fraction = step / tcfg.iterations
+        if limit_seconds > 0:
+            progress_fraction = max(progress_fraction, elapsed / limit_seconds)
+        if progress_fraction >= 1.0:
+            break
+        factor = poly_factor(progress_fraction, tcfg.poly_power)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+        images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        targets = {key: batch[key].to(device, non_blocking=True) for key in ("semantic", "instance") if key in batch}
+        outputs = model(images)
+        loss, parts = criterion(outputs, targets, step)
+        if not math.isfinite(loss.item()):
+            checkpoint(out_dir / "last_bad_step.pt", elapsed)
+            raise FloatingPointError(
+                f"the loss became {loss.item()} at step {step} (parts {parts}); the last good checkpoint is "
+                f"{last_path} (lower train.lr, or check the data); the failing state is in last_bad_step.pt")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        window_images += images.shape[0]
+        bar.update(1)
+
+        if step % tcfg.log_every == 0 or step == 1:
+            now = time.perf_counter()
+            speed = window_images / max(now - window_start, 1e-9)
+            window_start, window_images = now, 0
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            log.write({"step": step, "loss": loss.item(), **{f"loss_{k}": v for k, v in parts.items()},
+                       "lr": lr, "images_per_s": speed, "elapsed": elapsed_before + now - start})
+        if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
+            checkpoint(last_path, elapsed_before + time.perf_counter() - start)
+        if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.iterations:
+            log.write({"step": step, "eval": run_evaluation(config.eval.periodic_max_images)})
+    bar.close()
+    seconds = elapsed_before + time.perf_counter() - start
+    checkpoint(last_path, seconds)
+    final_path = out_dir / "final.pt"
+    checkpoint(final_path, seconds)
+
+    metrics = run_evaluation(config.eval.max_images)
+    log.write({"step": step, "eval": metrics, "final": True})
+    plot_training_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
+    return TrainResult(out_dir, final_path, step, seconds, metrics)

@@ -1,0 +1,143 @@
+"""Losses with online bootstrapping of hard pixels (paper section 2.2, eq. 1).
+
+Semantic: cross-entropy over the labelled pixels whose ground-truth probability is below a
+threshold ``t``, normalised by the number of pixels kept; if fewer than ``K`` pixels of a crop are
+below ``t``, the ``K`` hardest are kept (``t`` rises for that crop). With no threshold, exactly the
+``K`` hardest. Plain cross-entropy is the same code with bootstrapping off.
+
+Localization: smooth-L1 on the 4 transforms of each pixel's own class; every pixel of an instance
+has the same weight (see ``targets.instance_weights``); a pixel is easy when the IoU of its
+predicted box with its ground-truth box is above a threshold, and easy pixels are dropped, keeping
+at least ``K`` per crop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import LossConfig
+from .models.fcrn import resize_to_input
+from .targets import box_targets, class_transforms, decode_boxes, elementwise_box_iou
+
+
+def hard_pixel_mask(easiness: torch.Tensor, valid: torch.Tensor, threshold: float | None,
+                    min_kept: int) -> torch.Tensor:
+    """Which pixels bootstrapping keeps.
+
+    Args:
+        easiness: (N, P) per-pixel easiness (ground-truth probability, or box IoU); one row per crop.
+        valid: (N, P) bool, pixels that have a target.
+        threshold: keep valid pixels with ``easiness < threshold``; None keeps only the hardest.
+        min_kept: per crop, also keep the ``min_kept`` least easy valid pixels (all of them if
+            a crop has fewer).
+
+    Returns:
+        (N, P) bool.
+    """
+    if threshold is None:
+        keep = torch.zeros_like(valid)
+    else:
+        keep = valid & (easiness < threshold)
+    if min_kept > 0:
+        k = min(min_kept, easiness.shape[1])
+        ranked = easiness.masked_fill(~valid, float("inf"))
+        hardest = torch.topk(ranked, k, dim=1, largest=False, sorted=False).indices
+        keep |= torch.zeros_like(valid).scatter_(1, hardest, True) & valid
+    return keep
+
+
+def bootstrapped_cross_entropy(logits: torch.Tensor, target: torch.Tensor, threshold: float | None = 0.6,
+                               min_kept: int = 512, bootstrap: bool = True, ignore_index: int = 255) -> torch.Tensor:
+    """Eq. 1 of the paper.
+
+    Args:
+        logits: (N, C, H, W) class scores (computed in float32 whatever their dtype).
+        target: (N, H, W) long labels; ``ignore_index`` pixels never count.
+        threshold: probability threshold ``t`` in (0, 1], or None for exactly ``min_kept``.
+        min_kept: ``K``, the fewest pixels kept per crop.
+        bootstrap: False gives plain cross-entropy averaged over labelled pixels.
+
+    Returns:
+        Scalar loss; 0 (with a graph) when no pixel is labelled.
+    """
+    per_pixel = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    valid = target != ignore_index
+    if bootstrap:
+        with torch.no_grad():
+            probability = torch.exp(-per_pixel).flatten(1)
+            keep = hard_pixel_mask(probability, valid.flatten(1), threshold, min_kept).view_as(valid)
+    else:
+        keep = valid
+    return (per_pixel * keep).sum() / keep.sum().clamp(min=1)
+
+
+def bootstrapped_box_loss(transforms: torch.Tensor, target_transforms: torch.Tensor, target_boxes: torch.Tensor,
+                          classes: torch.Tensor, weights: torch.Tensor, stride: int, iou_threshold: float | None = 0.8,
+                          min_kept: int = 512, bootstrap: bool = True, beta: float = 1.0) -> torch.Tensor:
+    """Weighted, bootstrapped smooth-L1 on box transforms.
+
+    Args:
+        transforms: (N, 4 * (C - 1), h, w) predicted transform maps.
+        target_transforms, target_boxes: (N, 4, h, w) from ``targets.box_targets`` on the same grid.
+        classes: (N, h, w) each pixel's instance class (0: no target).
+        weights: (N, h, w) per-pixel weights.
+        stride: the grid's stride in input pixels (to decode boxes for the IoU).
+        iou_threshold: a pixel is easy when its box IoU is above this; None keeps only the hardest.
+        min_kept: fewest pixels kept per crop.
+
+    Returns:
+        Scalar: sum of weight x loss over kept pixels / sum of their weights.
+    """
+    predicted = class_transforms(transforms, classes).float()
+    per_pixel = F.smooth_l1_loss(predicted, target_transforms, beta=beta, reduction="none").sum(dim=1)
+    valid = classes > 0
+    if bootstrap:
+        with torch.no_grad():
+            iou = elementwise_box_iou(decode_boxes(predicted, stride), target_boxes)
+            keep = hard_pixel_mask(iou.flatten(1), valid.flatten(1), iou_threshold, min_kept).view_as(valid)
+    else:
+        keep = valid
+    kept_weights = weights * keep
+    return (per_pixel * kept_weights).sum() / kept_weights.sum().clamp(min=1e-12)
+
+
+class SegmentationLoss:
+    """The training loss of a model's outputs, configured by ``LossConfig``.
+
+    ``loss(outputs, batch, step)`` takes the model's output dict (``semantic`` (N, C, h, w) and/or
+    ``localization`` (N, 4(C-1), h, w)) and a batch with ``semantic`` (N, H, W) and, for
+    localization, ``instance`` (N, H, W); returns ``(total, {name: value})``.
+    """
+
+    def __init__(self, config: LossConfig, num_classes: int, output_stride: int) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.output_stride = output_stride
+
+    def _at_loss_resolution(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.config.resolution == "label":
+            return resize_to_input(maps.float(), size, self.output_stride)
+        return maps
+
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                 step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        semantic = batch["semantic"]
+        size = tuple(semantic.shape[-2:])
+        stride = 1 if cfg.resolution == "label" else self.output_stride
+        parts: dict[str, torch.Tensor] = {}
+        if "semantic" in outputs:
+            logits = self._at_loss_resolution(outputs["semantic"], size)
+            parts["semantic"] = bootstrapped_cross_entropy(
+                logits, semantic[:, ::stride, ::stride], cfg.threshold, cfg.min_kept,
+                bootstrap=cfg.bootstrap and step >= cfg.warmup_iterations)
+        if "localization" in outputs:
+            targets = box_targets(batch["instance"], semantic, self.num_classes, stride, cfg.instance_weighting)
+            transforms = self._at_loss_resolution(outputs["localization"], size)
+            parts["localization"] = cfg.localization_weight * bootstrapped_box_loss(
+                transforms, targets.transforms, targets.boxes, targets.classes, targets.weights, stride,
+                cfg.box_iou_threshold, cfg.box_min_kept,
+                bootstrap=cfg.box_bootstrap and step >= cfg.warmup_iterations, beta=cfg.smooth_l1_beta)
+        total = sum(parts.values())
+        return total, {name: float(value.detach()) for name, value in parts.items()}

@@ -1,0 +1,210 @@
+"""Dilated ResNet backbones (the "hole algorithm" of paper section 2.3).
+
+A torchvision ResNet with its final pooling and fc removed. The strides of the last stages are
+replaced by dilation so that the output stride is 8, 16 or 32. The conversion is exact: the
+strided convolution keeps its own dilation and every convolution after the removed stride has its
+dilation multiplied by that stride, so a dilated network in eval mode computes, at every
+``output_stride``-th position, what it would compute at stride 32 (see ``tests/test_models.py``).
+Basic blocks (ResNet-18/34) are converted the same way, which torchvision itself does not support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import resnet
+
+DEPTHS = (18, 34, 50, 101, 152)
+OUTPUT_STRIDES = (8, 16, 32)
+
+_BUILDERS = {
+    18: (torchvision.models.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1),
+    34: (torchvision.models.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1),
+    50: (torchvision.models.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1),
+    101: (torchvision.models.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1),
+    152: (torchvision.models.resnet152, resnet.ResNet152_Weights.IMAGENET1K_V1),
+}
+
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """Channels and stride (relative to the input) of one named backbone stage."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+class DilatedResNet(nn.Module):
+    """ResNet feature extractor with a configurable output stride.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        output_stride: 8, 16 or 32.
+        dropout: dropout probability applied to the output of the last ``dropout_blocks``
+            residual blocks (the paper's "dropout in some residual blocks"); 0 disables it.
+        dropout_blocks: how many of the last residual blocks (counted back from the end of
+            ``layer4``, possibly into ``layer3``) get dropout.
+
+    ``forward(x)`` takes ``x`` of shape (N, 3, H, W) and returns a dict with one tensor per stage
+    in ``STAGES``; ``feature_info`` lists their channels and strides. The last stage has
+    ``ceil(H / output_stride)`` rows (one output row per ``output_stride`` input rows, the first
+    centred on input row 0).
+    """
+
+    def __init__(self, depth: int = 101, output_stride: int = 8, dropout: float = 0.0,
+                 dropout_blocks: int = 0) -> None:
+        super().__init__()
+        if depth not in _BUILDERS:
+            raise ValueError(f"ResNet depth {depth} is not supported; choose one of {DEPTHS}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride {output_stride} is not supported; choose one of {OUTPUT_STRIDES}")
+        self.depth = depth
+        self.output_stride = output_stride
+        builder, _ = _BUILDERS[depth]
+        net = builder(weights=None)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+
+        stride, dilation = 4, 1
+        strides = {"stem": 4, "layer1": 4}
+        for name in ("layer2", "layer3", "layer4"):
+            layer = getattr(self, name)
+            if stride * 2 <= output_stride:
+                stride *= 2
+            else:
+                _dilate_stage(layer, previous_dilation=dilation, dilation=dilation * 2)
+                dilation *= 2
+            strides[name] = stride
+        last_channels = {name: _stage_channels(getattr(self, name)) for name in STAGES[1:]}
+        last_channels["stem"] = 64
+        self.feature_info = [FeatureInfo(name, last_channels[name], strides[name]) for name in STAGES]
+        if dropout > 0 and dropout_blocks > 0:
+            _add_dropout(self, dropout, dropout_blocks)
+
+    @property
+    def out_channels(self) -> int:
+        return self.feature_info[-1].channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = {}
+        for name in STAGES:
+            x = getattr(self, name)(x)
+            features[name] = x
+        return features
+
+    def load_imagenet_weights(self) -> None:
+        """Load torchvision's ImageNet weights (downloads once into the torch hub cache)."""
+        _, weights = _BUILDERS[self.depth]
+        try:
+            state = weights.get_state_dict(progress=True)
+        except Exception as error:  # no network, proxy, disk full: all end here
+            raise RuntimeError(
+                f"could not obtain torchvision's ImageNet weights for ResNet-{self.depth} from "
+                f"{weights.url} ({error}). Without a network, download that file on another machine "
+                f"and set model.init to its path (e.g. --set model.init=/path/to/{Path(weights.url).name})."
+            ) from error
+        self.load_torchvision_state_dict(state, source=weights.url)
+
+    def load_weights_file(self, path: str | Path) -> None:
+        """Load a local torchvision-style ResNet state dict (``.pth``; fc weights are ignored)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file {path} does not exist (set model.init to "
+                                    "'random', 'imagenet' or an existing .pth file)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"could not read backbone weights from {path}: {error}") from error
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+                state = state[wrapper]
+        self.load_torchvision_state_dict(state, source=str(path))
+
+    def load_torchvision_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load a state dict keyed like ``torchvision.models.resnetXX`` (conv1.*, layer1.*, fc.*)."""
+        renamed = {}
+        for key, value in state.items():
+            key = key.removeprefix("module.")
+            if key.startswith("fc."):
+                continue
+            for old, new in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
+                if key.startswith(old):
+                    key = new + key[len(old):]
+            renamed[_with_dropout_names(self, key)] = value
+        expected = self.state_dict()
+        missing = [key for key in expected if key not in renamed]
+        unexpected = [key for key in renamed if key not in expected]
+        mismatched = [key for key in renamed if key in expected and renamed[key].shape != expected[key].shape]
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                f"{source} does not hold ResNet-{self.depth} weights: {len(missing)} missing (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(mismatched)} of another shape "
+                f"(e.g. {mismatched[:3]}). Is model.depth right?")
+        self.load_state_dict(renamed)
+
+
+def _stage_channels(layer: nn.Sequential) -> int:
+    block = layer[-1]
+    conv = block.conv3 if hasattr(block, "conv3") else block.conv2
+    return conv.out_channels
+
+
+def _set_dilation(conv: nn.Conv2d, dilation: int) -> None:
+    conv.dilation = (dilation, dilation)
+    conv.padding = (dilation * (conv.kernel_size[0] // 2),) * 2
+
+
+def _dilate_stage(layer: nn.Sequential, previous_dilation: int, dilation: int) -> None:
+    """Replace the stride-2 of a ResNet stage by dilation, in place.
+
+    The strided convolution becomes stride 1 with the previous dilation; every 3x3 convolution
+    that follows it (in this block and the next ones) gets the new dilation.
+    """
+    first = layer[0]
+    strided = first.conv2 if hasattr(first, "conv3") else first.conv1  # Bottleneck v1.5 / BasicBlock
+    strided.stride = (1, 1)
+    _set_dilation(strided, previous_dilation)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+    after_stride = False
+    for block in layer:
+        for conv in (block.conv1, block.conv2, getattr(block, "conv3", None)):
+            if conv is None:
+                continue
+            if conv is strided:
+                after_stride = True
+                continue
+            if after_stride and conv.kernel_size[0] > 1:
+                _set_dilation(conv, dilation)
+
+
+class _BlockWithDropout(nn.Sequential):
+    """A residual block followed by dropout; ``block`` keeps the block's own parameter names."""
+
+    def __init__(self, block: nn.Module, p: float) -> None:
+        super().__init__()
+        self.block = block
+        self.dropout = nn.Dropout(p)
+
+
+def _add_dropout(net: DilatedResNet, p: float, count: int) -> None:
+    blocks = [(layer, i) for name in ("layer1", "layer2", "layer3", "layer4")
+              for layer in [getattr(net, name)] for i in range(len(layer))]
+    for layer, i in blocks[-count:]:
+        layer[i] = _BlockWithDropout(layer[i], p)
+
+
+def _with_dropout_names(net: DilatedResNet, key: str) -> str:
+    """Map a plain torchvision key (layer4.2.conv1.weight) to its name under dropout wrappers."""
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] in STAGES and parts[1].isdigit() and int(parts[1]) < len(getattr(net, parts[0])):
+        if isinstance(getattr(net, parts[0])[int(parts[1])], _BlockWithDropout):
+            return ".".join(parts[:2] + ["block"] + parts[2:])
+    return key

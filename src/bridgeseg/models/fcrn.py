@@ -1,0 +1,104 @@
+"""FCRN: a dilated ResNet with one or more dense prediction heads (paper section 2.3).
+
+The model computes maps at the output stride and nothing else: no loss, no resizing, no
+post-processing. Output position ``i`` is centred on input pixel ``i * output_stride``;
+``resize_to_input`` maps outputs back to input pixels with exactly that geometry.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import DilatedResNet
+from .heads import field_of_view
+
+
+class FCRN(nn.Module):
+    """Backbone + named heads.
+
+    Args:
+        backbone: a ``DilatedResNet``.
+        heads: name -> head module, e.g. ``{"semantic": LinearHead(...)}`` or, for the joint
+            model, ``{"semantic": ..., "localization": ...}`` sharing one backbone.
+
+    ``forward(x)`` with ``x`` (N, 3, H, W) returns ``{name: (N, C_name, h, w)}`` with
+    ``h = ceil(H / output_stride)``.
+    """
+
+    def __init__(self, backbone: DilatedResNet, heads: dict[str, nn.Module]) -> None:
+        super().__init__()
+        if not heads:
+            raise ValueError("an FCRN needs at least one head")
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(heads)
+
+    @property
+    def output_stride(self) -> int:
+        return self.backbone.output_stride
+
+    @property
+    def field_of_view(self) -> dict[str, int]:
+        """FoV in input pixels of each head (paper Table 1: OS 8, kernel 5, dilation 12 -> 392)."""
+        return {name: field_of_view(head.kernel, head.dilation, self.output_stride)
+                for name, head in self.heads.items()}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)["layer4"]
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+class SeparateNetworks(nn.Module):
+    """The paper's arrangement: independent FCRNs (e.g. semantic and localization), one input.
+
+    ``forward(x)`` merges their output dicts; every network must have the same output stride.
+    """
+
+    def __init__(self, networks: dict[str, FCRN]) -> None:
+        super().__init__()
+        strides = {net.output_stride for net in networks.values()}
+        if len(strides) != 1:
+            raise ValueError(f"separate networks must share one output stride, got {sorted(strides)}")
+        self.networks = nn.ModuleDict(networks)
+
+    @property
+    def output_stride(self) -> int:
+        return next(iter(self.networks.values())).output_stride
+
+    @property
+    def field_of_view(self) -> dict[str, int]:
+        fov = {}
+        for net in self.networks.values():
+            fov.update(net.field_of_view)
+        return fov
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = {}
+        for net in self.networks.values():
+            outputs.update(net(x))
+        return outputs
+
+
+def resize_to_input(maps: torch.Tensor, size: tuple[int, int], output_stride: int) -> torch.Tensor:
+    """Bilinearly resample output-stride maps to input resolution.
+
+    Args:
+        maps: (N, C, h, w); position ``i`` is centred on input pixel ``i * output_stride``.
+        size: the input's (H, W).
+        output_stride: the model's output stride.
+
+    Returns:
+        (N, C, H, W). Rows and columns past the last centre (at most ``output_stride - 1`` of
+        them) repeat the edge value.
+    """
+    h, w = maps.shape[-2:]
+    height, width = size
+    if (h, w) == (height, width):
+        return maps
+    full_h, full_w = (h - 1) * output_stride + 1, (w - 1) * output_stride + 1
+    resized = F.interpolate(maps, size=(full_h, full_w), mode="bilinear", align_corners=True)
+    pad_h, pad_w = height - full_h, width - full_w
+    if pad_h > 0 or pad_w > 0:
+        resized = F.pad(resized, (0, max(pad_w, 0), 0, max(pad_h, 0)), mode="replicate")
+    return resized[..., :height, :width]

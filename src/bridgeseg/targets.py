@@ -1,0 +1,209 @@
+"""Localization targets: instance masks -> per-pixel box regression targets and weights.
+
+The encoding, used everywhere (targets, losses, grouping, test-time flips and scales):
+
+* Coordinates are continuous pixel coordinates in the input image, pixel ``k``'s centre at ``k``.
+  Output position ``i`` of a network with output stride ``s`` sits at input pixel ``i * s``.
+* An instance spanning rows ``r0..r1`` and columns ``c0..c1`` has the box
+  ``(x0, y0, x1, y1) = (c0 - 0.5, r0 - 0.5, c1 + 0.5, r1 + 0.5)`` (torchvision's xyxy order), so
+  its height is ``r1 - r0 + 1`` pixels and its centre ``((c0 + c1) / 2, (r0 + r1) / 2)``.
+* Each foreground class owns 4 transform channels, in order ``TRANSFORM_CHANNELS``:
+  ``dy = (cy - y) / h`` and ``dx = (cx - x) / w``, the offset from the pixel to its box centre
+  relative to the box size (in [-0.5, 0.5] for a pixel inside its box), and
+  ``log_h = log(h / SIZE_REFERENCE)``, ``log_w = log(w / SIZE_REFERENCE)``.
+  Class ``c`` (1..C-1) uses channels ``4 * (c - 1) .. 4 * (c - 1) + 3`` (80 channels for VOC).
+
+Relative offsets make the targets scale invariant: a horizontal flip negates ``dx``; resizing the
+image by ``s`` adds ``log(s)`` to both log sizes and leaves the offsets unchanged, so decoded boxes
+scale by ``s`` (divide by ``s`` to return to the original image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TRANSFORM_CHANNELS = ("dy", "dx", "log_h", "log_w")
+SIZE_REFERENCE = 64.0
+INSTANCE_WEIGHTINGS = ("equal", "box", "sqrt", "none")
+_LOG_SIZE_LIMIT = 8.0  # exp(8) * 64 px: far beyond any image; keeps exp() finite for wild predictions
+
+
+@dataclass
+class BoxTargets:
+    """Per-pixel localization targets of a batch, sampled on the output grid.
+
+    Attributes:
+        transforms: (N, 4, h, w) float, ``TRANSFORM_CHANNELS`` of each pixel's own instance.
+        boxes: (N, 4, h, w) float, that instance's box (x0, y0, x1, y1).
+        classes: (N, h, w) long, the instance's class 1..C-1; 0 where a pixel has no target
+            (background, void, or no instance).
+        weights: (N, h, w) float, the pixel's loss weight (0 where ``classes`` is 0).
+    """
+
+    transforms: torch.Tensor
+    boxes: torch.Tensor
+    classes: torch.Tensor
+    weights: torch.Tensor
+
+
+def instance_statistics(instances: torch.Tensor, semantic: torch.Tensor, num_classes: int,
+                        ignore_index: int = 255):
+    """Box, class and area of every instance in a batch.
+
+    Args:
+        instances: (N, H, W) long instance ids; 0 = background and ``ignore_index`` = void.
+        semantic: (N, H, W) long class labels; ``ignore_index`` = void.
+        num_classes: C, background included.
+
+    Returns:
+        ``(inverse, boxes, classes, areas)``: ``inverse`` (N, H, W) long, the row of each pixel's
+        instance in the other outputs, -1 where the pixel belongs to no instance; ``boxes`` (K, 4)
+        float xyxy; ``classes`` (K,) long, the most frequent class of the instance's pixels;
+        ``areas`` (K,) float pixel counts.
+    """
+    n, height, width = instances.shape
+    device = instances.device
+    valid = (instances > 0) & (instances != ignore_index) & (semantic > 0) & (semantic < num_classes)
+    inverse = torch.full_like(instances, -1)
+    if not bool(valid.any()):
+        empty = torch.zeros(0, device=device)
+        return inverse, empty.view(0, 4), empty.long(), empty
+    image_index = torch.arange(n, device=device).view(n, 1, 1).expand_as(instances)
+    key = (image_index * (int(instances.max()) + 1) + instances)[valid]
+    unique_keys, flat_inverse = torch.unique(key, return_inverse=True)
+    count = len(unique_keys)
+    rows = torch.arange(height, device=device).view(1, height, 1).expand_as(instances)[valid]
+    cols = torch.arange(width, device=device).view(1, 1, width).expand_as(instances)[valid]
+
+    def reduce(values: torch.Tensor, how: str) -> torch.Tensor:
+        start = torch.zeros(count, dtype=values.dtype, device=device)
+        return start.scatter_reduce(0, flat_inverse, values, reduce=how, include_self=False)
+
+    boxes = torch.stack([reduce(cols, "amin"), reduce(rows, "amin"), reduce(cols, "amax"), reduce(rows, "amax")],
+                        dim=1).float()
+    boxes += torch.tensor([-0.5, -0.5, 0.5, 0.5], device=device)
+    areas = torch.zeros(count, device=device).index_add_(0, flat_inverse, torch.ones_like(key, dtype=torch.float))
+    class_votes = torch.zeros(count * num_classes, device=device)
+    class_votes.index_add_(0, flat_inverse * num_classes + semantic[valid], torch.ones_like(key, dtype=torch.float))
+    classes = class_votes.view(count, num_classes).argmax(dim=1)
+    inverse[valid] = flat_inverse
+    return inverse, boxes, classes, areas
+
+
+def instance_weights(boxes: torch.Tensor, areas: torch.Tensor, weighting: str = "equal") -> torch.Tensor:
+    """Per-pixel loss weight of each instance's pixels, (K,) float.
+
+    ``equal``: 1 / area, so every instance contributes the same whatever its size (default);
+    ``box``: 1 / (box height x width), the paper's wording; ``sqrt``: 1 / sqrt(area), a middle
+    ground; ``none``: 1, every pixel counts the same (large instances dominate).
+    """
+    if weighting == "equal":
+        return 1.0 / areas
+    if weighting == "box":
+        return 1.0 / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    if weighting == "sqrt":
+        return areas.rsqrt()
+    if weighting == "none":
+        return torch.ones_like(areas)
+    raise ValueError(f"unknown instance weighting {weighting!r}; choose one of {INSTANCE_WEIGHTINGS}")
+
+
+def encode_boxes(boxes: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Transforms of pixels at (ys, xs) towards boxes.
+
+    Args:
+        boxes: (..., 4) xyxy; ys, xs: (...) pixel coordinates.
+
+    Returns:
+        (..., 4) in ``TRANSFORM_CHANNELS`` order.
+    """
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    h, w = y1 - y0, x1 - x0
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    return torch.stack([(cy - ys) / h, (cx - xs) / w, torch.log(h / SIZE_REFERENCE), torch.log(w / SIZE_REFERENCE)], -1)
+
+
+def decode_boxes(transforms: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """Boxes voted by every pixel of a transform map.
+
+    Args:
+        transforms: (..., 4, h, w) in ``TRANSFORM_CHANNELS`` order; position (i, j) is the input
+            pixel (i * stride, j * stride).
+        stride: the map's stride relative to the input image.
+
+    Returns:
+        (..., 4, h, w) boxes (x0, y0, x1, y1) in input pixel coordinates.
+    """
+    dy, dx, log_h, log_w = transforms.unbind(-3)
+    h = SIZE_REFERENCE * torch.exp(log_h.clamp(-_LOG_SIZE_LIMIT, _LOG_SIZE_LIMIT))
+    w = SIZE_REFERENCE * torch.exp(log_w.clamp(-_LOG_SIZE_LIMIT, _LOG_SIZE_LIMIT))
+    rows, cols = transforms.shape[-2:]
+    ys = torch.arange(rows, device=transforms.device, dtype=transforms.dtype).view(rows, 1) * stride
+    xs = torch.arange(cols, device=transforms.device, dtype=transforms.dtype).view(1, cols) * stride
+    cy, cx = ys + dy * h, xs + dx * w
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-3)
+
+
+def elementwise_box_iou(a: torch.Tensor, b: torch.Tensor, dim: int = -3) -> torch.Tensor:
+    """IoU of corresponding boxes: a, b (..., 4, ...) xyxy along ``dim`` -> (...) without that dim."""
+    ax0, ay0, ax1, ay1 = a.unbind(dim)
+    bx0, by0, bx1, by1 = b.unbind(dim)
+    iw = (torch.minimum(ax1, bx1) - torch.maximum(ax0, bx0)).clamp(min=0)
+    ih = (torch.minimum(ay1, by1) - torch.maximum(ay0, by0)).clamp(min=0)
+    inter = iw * ih
+    union = (ax1 - ax0).clamp(min=0) * (ay1 - ay0).clamp(min=0) + (bx1 - bx0).clamp(min=0) * (by1 - by0).clamp(min=0)
+    return inter / (union - inter).clamp(min=1e-9)
+
+
+def box_targets(instances: torch.Tensor, semantic: torch.Tensor, num_classes: int, stride: int = 1,
+                weighting: str = "equal", ignore_index: int = 255) -> BoxTargets:
+    """Localization targets for a batch, sampled every ``stride`` pixels.
+
+    Boxes, areas and weights come from the full-resolution masks; targets are taken at pixels
+    (i * stride, j * stride), i.e. on a network's output grid (stride 1: label resolution).
+
+    Args:
+        instances: (N, H, W) long instance ids (0 background, ``ignore_index`` void).
+        semantic: (N, H, W) long class labels.
+        num_classes: C, background included.
+        stride: sampling stride (the model's output stride, or 1).
+        weighting: see ``instance_weights``.
+    """
+    inverse, boxes, classes, areas = instance_statistics(instances, semantic, num_classes, ignore_index)
+    sampled = inverse[:, ::stride, ::stride]
+    n, h, w = sampled.shape
+    device = instances.device
+    if len(boxes) == 0:
+        zeros = torch.zeros(n, 4, h, w, device=device)
+        return BoxTargets(zeros, zeros.clone(), torch.zeros(n, h, w, dtype=torch.long, device=device),
+                          torch.zeros(n, h, w, device=device))
+    weights = instance_weights(boxes, areas, weighting)
+    has_target = sampled >= 0
+    index = sampled.clamp(min=0)
+    pixel_boxes = boxes[index]  # (n, h, w, 4)
+    ys = (torch.arange(h, device=device, dtype=torch.float) * stride).view(1, h, 1).expand(n, h, w)
+    xs = (torch.arange(w, device=device, dtype=torch.float) * stride).view(1, 1, w).expand(n, h, w)
+    transforms = torch.where(has_target.unsqueeze(-1), encode_boxes(pixel_boxes, ys, xs), 0.0)
+    return BoxTargets(transforms=transforms.permute(0, 3, 1, 2).contiguous(),
+                      boxes=pixel_boxes.permute(0, 3, 1, 2).contiguous(),
+                      classes=torch.where(has_target, classes[index], 0),
+                      weights=torch.where(has_target, weights[index], 0.0))
+
+
+def class_transforms(transforms: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Pick each pixel's 4 channels of a class from a (N, 4 * (C - 1), h, w) transform map.
+
+    Args:
+        transforms: (N, 4 * (C - 1), h, w) network output.
+        classes: (N, h, w) long class 1..C-1 per pixel (0 is mapped to class 1's channels; mask
+            those pixels out yourself).
+
+    Returns:
+        (N, 4, h, w).
+    """
+    n, channels, h, w = transforms.shape
+    index = ((classes - 1).clamp(min=0) * 4).unsqueeze(1) + torch.arange(4, device=classes.device).view(1, 4, 1, 1)
+    return transforms.gather(1, index)
+

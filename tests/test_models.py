@@ -1,0 +1,166 @@
+"""FCRN shapes, strides, field of view, exact dilation, heads and backbone initialisation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bridgeseg.config import ModelConfig
+from bridgeseg.models import DilatedResNet, build_model, field_of_view, resize_to_input
+from bridgeseg.models.heads import LinearHead, NonLinearHead
+
+CHANNELS = {18: 512, 34: 512, 50: 2048, 101: 2048, 152: 2048}
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_backbone_shapes_and_feature_info(depth, output_stride):
+    backbone = DilatedResNet(depth, output_stride).eval()
+    height, width = 35, 50
+    with torch.no_grad():
+        features = backbone(torch.randn(1, 3, height, width))
+    info = {f.name: f for f in backbone.feature_info}
+    assert info["layer4"].channels == CHANNELS[depth]
+    assert info["layer4"].stride == output_stride
+    for name, feature in features.items():
+        stride = info[name].stride
+        assert feature.shape[1] == info[name].channels
+        assert feature.shape[-2:] == (math.ceil(height / stride), math.ceil(width / stride)), name
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_dilation_is_exact_hole_algorithm(depth, output_stride):
+    """Same weights, eval mode: the dilated net at every (32 / OS)-th position equals the OS-32 net."""
+    torch.manual_seed(0)
+    reference = DilatedResNet(depth, 32).eval()
+    dilated = DilatedResNet(depth, output_stride).eval()
+    dilated.load_state_dict(reference.state_dict())
+    for module in reference.modules():  # non-trivial BN statistics so that a mismatch would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    dilated.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        coarse = reference(x)["layer4"]
+        dense = dilated(x)["layer4"]
+    step = 32 // output_stride
+    scale = coarse.abs().max().item()
+    torch.testing.assert_close(dense[..., ::step, ::step], coarse, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("kernel,dilation,output_stride,expected", [
+    (5, 12, 8, 392), (3, 6, 16, 208), (3, 6, 8, 104), (3, 12, 8, 200), (3, 18, 8, 296), (7, 6, 8, 296), (1, 1, 8, 8)])
+def test_field_of_view_matches_paper_table1(kernel, dilation, output_stride, expected):
+    assert field_of_view(kernel, dilation, output_stride) == expected
+    model = build_model(ModelConfig(depth=18, output_stride=output_stride, kernel=kernel, dilation=dilation,
+                                    init="random"), num_classes=3)
+    assert model.field_of_view == {"semantic": expected}
+
+
+@pytest.mark.parametrize("arch,keys", [("semantic", {"semantic"}), ("localization", {"localization"}),
+                                        ("joint", {"semantic", "localization"}),
+                                        ("separate", {"semantic", "localization"})])
+@pytest.mark.parametrize("head", ["linear", "nonlinear"])
+def test_model_outputs(arch, keys, head):
+    model = build_model(ModelConfig(arch=arch, depth=18, output_stride=16, kernel=3, dilation=2, head=head,
+                                    head_channels=32, init="random"), num_classes=5)
+    outputs = model(torch.randn(2, 3, 33, 47))
+    assert set(outputs) == keys
+    if "semantic" in outputs:
+        assert outputs["semantic"].shape == (2, 5, 3, 3)
+    if "localization" in outputs:
+        assert outputs["localization"].shape == (2, 16, 3, 3)  # 4 x (C - 1)
+
+
+def test_joint_model_shares_one_backbone_and_separate_has_two():
+    config = dict(depth=18, output_stride=16, kernel=3, dilation=2, init="random")
+    joint = build_model(ModelConfig(arch="joint", **config), 3)
+    separate = build_model(ModelConfig(arch="separate", **config), 3)
+    backbone_params = sum(p.numel() for p in DilatedResNet(18, 16).parameters())
+    joint_params = sum(p.numel() for p in joint.parameters())
+    separate_params = sum(p.numel() for p in separate.parameters())
+    assert backbone_params < joint_params < 1.01 * backbone_params
+    assert separate_params > 1.99 * backbone_params
+
+
+def test_dropout_blocks_wrap_the_last_blocks_and_keep_weight_names():
+    plain = DilatedResNet(18, 8)
+    with_dropout = DilatedResNet(18, 8, dropout=0.3, dropout_blocks=3)
+    assert isinstance(with_dropout.layer4[1].dropout, torch.nn.Dropout)
+    assert isinstance(with_dropout.layer4[0].dropout, torch.nn.Dropout)
+    assert isinstance(with_dropout.layer3[1].dropout, torch.nn.Dropout)
+    assert not hasattr(with_dropout.layer3[0], "dropout")
+    # torchvision-style weights load into the wrapped blocks
+    state = {k.replace("stem.0.", "conv1.").replace("stem.1.", "bn1."): v for k, v in plain.state_dict().items()}
+    with_dropout.load_torchvision_state_dict(state, source="test")
+    torch.testing.assert_close(with_dropout.layer4[1].block.conv1.weight, plain.layer4[1].conv1.weight)
+    with_dropout.eval()
+    plain.eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(with_dropout(x)["layer4"], plain(x)["layer4"])  # dropout is off in eval mode
+
+
+def test_local_weights_file_round_trip(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model(ModelConfig(depth=18, output_stride=8, kernel=3, dilation=2, init=str(path)), 4)
+    torch.testing.assert_close(model.backbone.stem[0].weight, reference.conv1.weight)
+    torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_weights_file_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.init"):
+        build_model(ModelConfig(depth=18, init=str(tmp_path / "missing.pth")), 3)
+    import torchvision
+
+    path = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="model.depth"):
+        build_model(ModelConfig(depth=18, init=str(path)), 3)
+
+
+def test_imagenet_weights_without_network_fail_clearly(monkeypatch):
+    from torchvision.models import resnet
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(resnet.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="model.init"):
+        build_model(ModelConfig(depth=18, init="imagenet"), 3)
+
+
+def test_invalid_choices_raise():
+    with pytest.raises(ValueError, match="depth"):
+        DilatedResNet(20, 8)
+    with pytest.raises(ValueError, match="output_stride"):
+        DilatedResNet(18, 4)
+    with pytest.raises(ValueError, match="kernel"):
+        LinearHead(8, 2, kernel=4, dilation=1)
+
+
+def test_heads_keep_spatial_size():
+    x = torch.randn(2, 16, 9, 11)
+    assert LinearHead(16, 3, 5, 4)(x).shape == (2, 3, 9, 11)
+    assert NonLinearHead(16, 3, 7, 2, hidden_channels=8)(x).shape == (2, 3, 9, 11)
+
+
+@pytest.mark.parametrize("size", [(33, 41), (32, 40), (1, 1)])
+def test_resize_to_input_geometry(size):
+    """Output position i sits on input pixel i * stride: a map that is linear in the grid index
+    must come back as the same linear function of the input pixel."""
+    stride = 8
+    h, w = math.ceil(size[0] / stride), math.ceil(size[1] / stride)
+    rows = torch.arange(h, dtype=torch.float).view(1, 1, h, 1).expand(1, 1, h, w) * stride
+    up = resize_to_input(rows, size, stride)
+    assert up.shape == (1, 1, *size)
+    last_centre = (h - 1) * stride
+    expected = torch.arange(size[0], dtype=torch.float).clamp(max=last_centre).view(-1, 1).expand(size)
+    torch.testing.assert_close(up[0, 0], expected)
