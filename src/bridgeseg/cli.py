@@ -66,6 +66,16 @@ def cmd_score_semantic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score_instance(args: argparse.Namespace) -> int:
+    from .evaluation.instance_files import score_instance_folders
+    from .report import metrics_table
+
+    results = score_instance_folders(args.gt, args.gt_format, args.pred, args.protocol, args.split, progress=True)
+    print(metrics_table({"instance": results}))
+    _write_json(results, args.json)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -117,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--ignore-index", type=int, default=255)
     sub.add_argument("--json", help="write the metrics to this JSON file")
     sub.set_defaults(handler=cmd_score_semantic)
+
+    sub = kinds.add_parser("instance", help="instance prediction .txt files vs a dataset's instances (mAP^r)")
+    sub.add_argument("--gt", required=True, help="dataset root (voc, sbd) or a folder of Cityscapes instanceIds PNGs")
+    sub.add_argument("--gt-format", required=True, choices=("voc", "sbd", "cityscapes"))
+    sub.add_argument("--pred", required=True, help="folder of <image stem>.txt files (mask path, class id, score)")
+    sub.add_argument("--protocol", default="sds", choices=("sds", "mnc"),
+                     help="sds: Hariharan et al. (default); mnc: the MNC/FCIS evaluation code's variant")
+    sub.add_argument("--split", help="a list of image ids to score (default: every ground-truth image)")
+    sub.add_argument("--json", help="write the metrics to this JSON file")
+    sub.set_defaults(handler=cmd_score_instance)
 
     sub = commands.add_parser("demo", help="generate the synthetic dataset, train, evaluate, draw overlays")
     sub.add_argument("--out", default="demo-output", help="output folder (default demo-output)")

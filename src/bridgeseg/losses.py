@@ -21,6 +21,11 @@ from .models.fcrn import resize_to_input
 from .targets import box_targets, class_transforms, decode_boxes, elementwise_box_iou
 
 
+def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """Losses are computed in float32 (or float64) whatever the autocast dtype of the outputs."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def hard_pixel_mask(easiness: torch.Tensor, valid: torch.Tensor, threshold: float | None,
                     min_kept: int) -> torch.Tensor:
     """Which pixels bootstrapping keeps.
@@ -61,7 +66,7 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thres
     Returns:
         Scalar loss; 0 (with a graph) when no pixel is labelled.
     """
-    per_pixel = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    per_pixel = F.cross_entropy(_full_precision(logits), target, ignore_index=ignore_index, reduction="none")
     valid = target != ignore_index
     if bootstrap:
         with torch.no_grad():
@@ -89,7 +94,7 @@ def bootstrapped_box_loss(transforms: torch.Tensor, target_transforms: torch.Ten
     Returns:
         Scalar: sum of weight x loss over kept pixels / sum of their weights.
     """
-    predicted = class_transforms(transforms, classes).float()
+    predicted = _full_precision(class_transforms(transforms, classes))
     per_pixel = F.smooth_l1_loss(predicted, target_transforms, beta=beta, reduction="none").sum(dim=1)
     valid = classes > 0
     if bootstrap:
@@ -117,7 +122,7 @@ class SegmentationLoss:
 
     def _at_loss_resolution(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.config.resolution == "label":
-            return resize_to_input(maps.float(), size, self.output_stride)
+            return resize_to_input(_full_precision(maps), size, self.output_stride)
         return maps
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],

@@ -75,7 +75,7 @@ def _decode_colors(rgb: np.ndarray, colors: np.ndarray, path: Path) -> np.ndarra
     indices = np.empty(len(unique), dtype=np.int64)
     for position, code in enumerate(unique):
         if int(code) not in lookup:
-            color = ((code >> 16) & 255, (code >> 8) & 255, code & 255)
+            color = (int(code >> 16) & 255, int(code >> 8) & 255, int(code) & 255)
             raise ValueError(f"label file {path} has colour {color}, which is no class colour; "
                              "fix the file or give the colour table of your classes")
         indices[position] = lookup[int(code)]

@@ -1,8 +1,8 @@
 """The embedded synthetic dataset: shape scenes written in the PASCAL VOC layout.
 
-Every scene has a textured background and a few filled shapes. Classes differ by shape only:
-each instance gets a random colour and texture whatever its class, and squares, triangles and
-crosses are randomly rotated. Instances of one class are often placed so that they touch or
+Every scene has a cluttered, grainy background and a few smooth, shaded shapes. Classes differ
+by shape only: each instance gets a random colour and shading whatever its class, and squares,
+triangles, crosses and stars are randomly rotated. Instances of one class are often placed so that they touch or
 overlap (the later one occludes the earlier), which is what the instance step must untangle.
 Class frequencies are unequal: ``star`` is rare. As in VOC, a void band (255) runs along every
 object boundary in both label maps. ``python -m bridgeseg data synthetic --out DIR`` writes one.
@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from .io import VOID, write_label
 
 CLASS_NAMES = ("background", "circle", "square", "triangle", "cross", "star")
-CLASS_FREQUENCIES = (0.28, 0.26, 0.24, 0.14, 0.08)  # of foreground instances; star is the rare class
+CLASS_FREQUENCIES = (0.30, 0.28, 0.24, 0.12, 0.06)  # of foreground instances; star is the rare class
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class SceneSpec:
     image_size: int = 96
     min_objects: int = 2
     max_objects: int = 6
-    min_size: int = 16
-    max_size: int = 36
+    min_size: int = 20
+    max_size: int = 44
     touch_probability: float = 0.5
     min_visible_fraction: float = 0.45
     void_width: int = 1
@@ -72,15 +72,27 @@ def _shape_mask(kind: str, cx: float, cy: float, size: float, angle: float, imag
     return np.asarray(small) >= 128
 
 
-def _texture(rng: np.random.Generator, size: int, base: np.ndarray, amplitude: float) -> np.ndarray:
-    """A smooth random texture around colour ``base``: (S, S, 3) float."""
-    coarse = rng.normal(0, 1, (max(2, size // 12), max(2, size // 12), 3))
-    smooth = np.stack([np.asarray(Image.fromarray(coarse[..., c].astype(np.float32)).resize((size, size), Image.BICUBIC))
-                       for c in range(3)], axis=-1)
-    return base + amplitude * smooth + rng.normal(0, 6, (size, size, 3))
+def _smooth_noise(rng: np.random.Generator, size: int, cell: int) -> np.ndarray:
+    """(S, S, 3) float noise with unit variance, smooth over about ``cell`` pixels."""
+    coarse = rng.normal(0, 1, (max(2, size // cell), max(2, size // cell), 3)).astype(np.float32)
+    return np.stack([np.asarray(Image.fromarray(coarse[..., c]).resize((size, size), Image.BICUBIC))
+                     for c in range(3)], axis=-1)
 
 
-def _random_color(rng: np.random.Generator, avoid: np.ndarray | None = None, distance: float = 70.0) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarray:
+    """Cluttered background: blotches and grain around colour ``base``, (S, S, 3) float."""
+    return base + rng.uniform(8, 20) * _smooth_noise(rng, size, 10) + rng.normal(0, rng.uniform(12, 22), (size, size, 3))
+
+
+def _object_fill(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarray:
+    """An object's surface: colour ``base`` with soft shading and little grain, (S, S, 3) float."""
+    ramp = np.linspace(-1, 1, size, dtype=np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    shading = (np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None])[..., None]
+    return base + rng.uniform(0, 20) * shading + rng.normal(0, 3, (size, size, 3))
+
+
+def _random_color(rng: np.random.Generator, avoid: np.ndarray | None = None, distance: float = 90.0) -> np.ndarray:
     """A random RGB colour, at least ``distance`` away from ``avoid`` (so every shape is visible)."""
     while True:
         color = rng.uniform(20, 235, 3)
@@ -104,7 +116,7 @@ def render_scene(rng: np.random.Generator, spec: SceneSpec = SceneSpec()):
     """One scene: (image (S, S, 3) uint8, semantic (S, S) uint8, instance (S, S) uint8)."""
     s = spec.image_size
     background_color = _random_color(rng)
-    background = _texture(rng, s, background_color, amplitude=rng.uniform(10, 30))
+    background = _background(rng, s, background_color)
     image = background.copy()
     instance_map = np.zeros((s, s), dtype=np.int64)
     classes: list[int] = []
@@ -135,8 +147,8 @@ def render_scene(rng: np.random.Generator, spec: SceneSpec = SceneSpec()):
         instance_map = new_map
         classes.append(label)
         centres.append((cx, cy, size, label))
-        texture = _texture(rng, s, _random_color(rng, avoid=background_color), amplitude=rng.uniform(5, 25))
-        image = np.where(mask[..., None], texture, image)
+        fill = _object_fill(rng, s, _random_color(rng, avoid=background_color))
+        image = np.where(mask[..., None], fill, image)
     image = np.clip(image, 0, 255).astype(np.uint8)
     image = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(0.6)))
     lookup = np.array([0] + classes, dtype=np.int64)

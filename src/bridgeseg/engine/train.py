@@ -135,6 +135,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bo
         return metrics
 
     log = MetricsLog(out_dir / "metrics.jsonl")
+    if step == 0:
+        log.path.unlink(missing_ok=True)  # a fresh run starts a fresh log
     limit_seconds = tcfg.time_limit_minutes * 60
     loader = training_loader(config, train_set, start_step=step)
     bar = tqdm(total=tcfg.iterations, initial=step, desc="training", unit="it", disable=not progress,

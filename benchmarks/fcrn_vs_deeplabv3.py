@@ -1,0 +1,106 @@
+"""FCRN-50 (output stride 8, classifier kernel 3, dilation 12) vs torchvision's
+``deeplabv3_resnet50`` (output stride 8): forward+backward step time and peak memory, same input,
+side by side in one run. Each model's peak memory is measured in a fresh subprocess (CPU: peak
+resident memory above the process's baseline; CUDA: ``max_memory_allocated``).
+
+    python benchmarks/fcrn_vs_deeplabv3.py [--size 257] [--batch 2] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+import torch
+import torchvision
+
+from bridgeseg.config import ModelConfig
+from bridgeseg.models import build_model
+
+from common import describe_device, interleaved_medians
+
+
+def make(name: str, classes: int):
+    if name == "fcrn50":
+        return build_model(ModelConfig(depth=50, output_stride=8, kernel=3, dilation=12, init="random"), classes)
+    return torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None,
+                                                              num_classes=classes, aux_loss=False)
+
+
+def logits_of(name: str, outputs):
+    return outputs["semantic"] if name == "fcrn50" else outputs["out"]
+
+
+def step_for(name, model, images, labels):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step():
+        logits = torch.nn.functional.interpolate(logits_of(name, model(images)), size=images.shape[-2:],
+                                                 mode="bilinear", align_corners=False)
+        loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def peak_memory(name: str, args) -> float:
+    """Peak memory (MiB) of training steps of one model, measured in a subprocess."""
+    code = (f"import sys; sys.argv = {['x', '--measure', name, '--size', str(args.size), '--batch', str(args.batch), '--device', args.device]!r};"
+            "import fcrn_vs_deeplabv3 as b; b.main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=__file__.rsplit("/", 1)[0])
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def measure(name: str, args) -> None:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = make(name, args.classes).to(device)
+    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    labels = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
+    step = step_for(name, model, images, labels)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step(); step()
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        step(); step()
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    print(json.dumps({"peak_mib": peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=257)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=21)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure(args.measure, args)
+        return
+    device = torch.device(args.device)
+    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    labels = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
+    names = ("fcrn50", "deeplabv3_resnet50")
+    steps = {name: step_for(name, make(name, args.classes).to(device), images, labels) for name in names}
+    medians = interleaved_medians(steps, device, warmup=1, rounds=args.rounds)
+    memory = {name: peak_memory(name, args) for name in names}
+    print(f"device: {describe_device(device)}; batch {args.batch} x {args.size}x{args.size}, output stride 8, "
+          f"{args.classes} classes, forward + backward + SGD step")
+    for name in names:
+        print(f"  {name:>20}: {medians[name] * 1000:8.0f} ms / step, peak memory {memory[name]:8.0f} MiB")
+    print(f"  ratio FCRN-50 / deeplabv3_resnet50: time {medians['fcrn50'] / medians['deeplabv3_resnet50']:.2f}, "
+          f"memory {memory['fcrn50'] / memory['deeplabv3_resnet50']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

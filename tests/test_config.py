@@ -1,0 +1,102 @@
+"""Config loading, overrides and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridgeseg.config import (Config, ConfigError, load_config, packaged_config_dir, parse_override,
+                              resolve_config_path, save_config)
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_paper_s_best_voc_model():
+    config = Config()
+    assert (config.model.depth, config.model.output_stride, config.model.kernel, config.model.dilation) == (101, 8, 5, 12)
+    assert config.loss.min_kept == 512
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "model:\n  depth: 50\ntrain:\n  lr: 0.01\n")
+    config = load_config(path, ["train.lr=0.02", "loss.threshold=null", "data.mean=[0.5, 0.5, 0.5]",
+                                "train.optimizer=adamw"])
+    assert config.model.depth == 50
+    assert config.train.lr == 0.02
+    assert config.loss.threshold is None
+    assert config.data.mean == (0.5, 0.5, 0.5)
+    assert config.train.optimizer == "adamw"
+
+
+def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    with pytest.raises(ConfigError, match="train.iterations must be int"):
+        load_config(None, ["train.iterations=1.5"])
+    with pytest.raises(ConfigError, match="data.flip must be bool"):
+        load_config(None, ["data.flip=3"])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model:\n  detph: 50\n", "unknown config key 'model.detph' \\(did you mean model.depth\\?\\)"),
+    ("modle:\n  depth: 50\n", "unknown config section 'modle' \\(did you mean 'model'\\?\\)"),
+    ("model:\n  depth: 20\n", "model.depth = 20 is not valid; choose one of \\[18, 34, 50, 101, 152\\]"),
+    ("model:\n  output_stride: 4\n", "model.output_stride = 4 is not valid"),
+    ("model:\n  kernel: 4\n", "model.kernel"),
+    ("loss:\n  threshold: 1.5\n", "loss.threshold = 1.5 is out of range"),
+    ("loss:\n  threshold: 0\n", "loss.threshold = 0.0 is out of range: it must be > 0"),
+    ("train:\n  batch_size: 0\n", "train.batch_size = 0 is out of range"),
+    ("data:\n  scale_min: 2.0\n  scale_max: 1.0\n", "data.scale_min"),
+    ("loss:\n  threshold: null\n  min_kept: 0\n", "min_kept"),
+    ("train: 5\n", "section 'train' must be a mapping"),
+    ("- a\n- b\n", "must hold a mapping"),
+    ("model: {depth: [\n", "not valid YAML"),
+])
+def test_bad_files_name_the_key_and_the_fix(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_error_names_the_file(tmp_path):
+    path = write(tmp_path, "model:\n  depth: 20\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_config(path)
+
+
+def test_bad_overrides():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("train.lr")
+    with pytest.raises(ConfigError, match="unknown config key 'training.lr'"):
+        parse_override("training.lr=0.1")
+    with pytest.raises(ConfigError, match="unknown config key 'train.learning_rate'"):
+        load_config(None, ["train.learning_rate=0.1"])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("no/such/config.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(None, ["model.depth=18", "loss.threshold=null", "data.std=[1, 1, 1]"])
+    save_config(config, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+
+
+def test_every_shipped_config_loads_and_resolves_by_name():
+    shipped = sorted(packaged_config_dir().glob("*.yaml"))
+    assert any(path.stem == "demo" for path in shipped)
+    for path in shipped:
+        load_config(path)
+    assert resolve_config_path("demo") == packaged_config_dir() / "demo.yaml"
+    with pytest.raises(ConfigError, match="demo"):
+        resolve_config_path("no-such-config")
+
+
+def test_replace_validates():
+    config = Config().replace(**{"model.depth": 18})
+    assert config.model.depth == 18
+    with pytest.raises(ConfigError):
+        Config().replace(**{"model.depth": 19})

@@ -1,0 +1,194 @@
+"""VOC-layout loading (real fixture files), augmentation, deterministic sampling, the synthetic generator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bridgeseg.config import DataConfig
+from bridgeseg.data.io import read_image, read_label, voc_palette, write_label
+from bridgeseg.data.loading import StepSampler, TrainingSamples
+from bridgeseg.data.synthetic import CLASS_NAMES, SceneSpec, render_scene
+from bridgeseg.data.transforms import TrainAugmentation, to_tensors
+from bridgeseg.data.voc import VOC_CLASSES, VOCSegmentation
+
+from conftest import shared_fixture
+
+
+def test_real_voc_image_with_class_and_object_pngs(tmp_path):
+    root = shared_fixture("voc2012")
+    split = tmp_path / "one.txt"
+    split.write_text("2007_000063\n")
+    dataset = VOCSegmentation(root, str(split), with_instances=True)
+    assert dataset.class_names == VOC_CLASSES and len(dataset) == 1
+    sample = dataset[0]
+    assert sample["image"].shape == (375, 500, 3) and sample["image"].dtype == np.uint8
+    assert set(np.unique(sample["semantic"])) == {0, 9, 12, 255}  # background, chair, dog, void border
+    assert set(np.unique(sample["instance"])) == {0, 1, 2, 255}
+    # every instance pixel carries a foreground class, and void agrees between the two maps
+    assert np.all(sample["semantic"][(sample["instance"] > 0) & (sample["instance"] < 255)] > 0)
+    assert np.array_equal(sample["semantic"] == 255, sample["instance"] == 255)
+
+
+def test_rgb_colour_coded_labels_decode_through_the_palette():
+    root = shared_fixture("voc_rgb_coded")
+    assert Image.open(root / "SegmentationClass" / "2007_000001.png").mode == "RGB"
+    label = read_label(root / "SegmentationClass" / "2007_000001.png")
+    palette = voc_palette()
+    rgb = np.asarray(Image.open(root / "SegmentationClass" / "2007_000001.png").convert("RGB"))
+    assert np.array_equal(palette[label], rgb)
+
+
+def test_label_round_trip_and_unknown_rgb_colour(tmp_path):
+    label = np.random.default_rng(0).integers(0, 21, (7, 9))
+    label[0, 0] = 255
+    write_label(tmp_path / "a.png", label)
+    assert Image.open(tmp_path / "a.png").mode == "P"
+    assert np.array_equal(read_label(tmp_path / "a.png"), label)
+    Image.fromarray(np.full((3, 3, 3), 7, np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match=r"rgb.png has colour \(7, 7, 7\)"):
+        read_label(tmp_path / "rgb.png")
+
+
+def test_bad_files_are_named(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg is corrupt"):
+        read_image(tmp_path / "broken.jpg")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_label(tmp_path / "missing.png")
+
+
+def make_root(tmp_path, label: np.ndarray, image_size=(6, 8), classes: str | None = None):
+    root = tmp_path / "voc"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(np.zeros((*image_size, 3), np.uint8)).save(root / "JPEGImages" / "a.jpg")
+    write_label(root / "SegmentationClass" / "a.png", label)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
+    if classes:
+        (root / "classes.txt").write_text(classes)
+    return root
+
+
+def test_custom_classes_and_label_range_check(tmp_path):
+    root = make_root(tmp_path, np.full((6, 8), 3), classes="background\ncat\ndog\n")
+    dataset = VOCSegmentation(root, "train")
+    assert dataset.class_names == ("background", "cat", "dog")
+    with pytest.raises(ValueError, match=r"a.png has value 3, but there are only 3 classes"):
+        dataset[0]
+
+
+def test_layout_errors_name_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        VOCSegmentation(tmp_path / "nowhere", "train")
+    root = make_root(tmp_path, np.zeros((5, 8)))
+    with pytest.raises(FileNotFoundError, match="split list .*val.txt does not exist; splits found .*'train'"):
+        VOCSegmentation(root, "val")
+    with pytest.raises(ValueError, match="a.png is 8x5 but its image is 8x6"):
+        VOCSegmentation(root, "train")[0]
+    with pytest.raises(FileNotFoundError, match="SegmentationObject"):
+        VOCSegmentation(root, "train", with_instances=True)
+
+
+def test_augmentation_pads_with_mean_and_void_and_keeps_pairs_aligned():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    semantic = (image[..., 0] > 128).astype(np.int64)  # labels are a function of the pixels
+    augment = TrainAugmentation(crop_size=48, scale_min=0.5, scale_max=1.5, flip=True, mean=(0.5, 0.5, 0.5))
+    for seed in range(10):
+        out = augment({"image": image, "semantic": semantic, "instance": semantic.copy()}, np.random.default_rng(seed))
+        assert out["image"].shape == (48, 48, 3) and out["semantic"].shape == (48, 48)
+        padded = out["semantic"] == 255
+        assert padded.any()  # 30 * 1.5 < 48: some padding always
+        assert np.all(out["image"][padded] == 128)
+        inside = ~padded
+        # nearest-neighbour labels still match the (bilinearly resized) pixels away from edges
+        agreement = ((out["image"][..., 0] > 128) == (out["semantic"] == 1))[inside].mean()
+        assert agreement > 0.7
+        assert np.array_equal(out["semantic"], out["instance"])
+
+
+def test_to_tensors_normalises():
+    sample = {"image": np.full((2, 3, 3), 255, np.uint8), "semantic": np.zeros((2, 3), np.int64)}
+    tensors = to_tensors(sample, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert tensors["image"].shape == (3, 2, 3)
+    torch.testing.assert_close(tensors["image"], torch.full((3, 2, 3), 2.0))
+    assert tensors["semantic"].dtype == torch.long
+
+
+def test_step_sampler_is_a_function_of_seed_and_step():
+    full = StepSampler(size=10, batch_size=4, seed=3, start_step=0, total_steps=6)
+    batches = list(full)
+    resumed = list(StepSampler(size=10, batch_size=4, seed=3, start_step=4, total_steps=6))
+    assert resumed == batches[4:]
+    positions = [p for batch in batches for _, p in batch]
+    assert positions == list(range(24))
+    first_epoch = [i for batch in batches for i, p in batch if p < 10]
+    assert sorted(first_epoch) == list(range(10))  # each epoch is a permutation
+    ranks = [list(StepSampler(10, 4, 3, 0, 6, rank=r, world_size=2)) for r in range(2)]
+    for step in range(6):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batches[step])
+
+
+def test_training_samples_are_reproducible(synthetic_root):
+    dataset = VOCSegmentation(synthetic_root, "train", with_instances=True)
+    samples = TrainingSamples(dataset, DataConfig(root=str(synthetic_root), crop_size=40), seed=7)
+    a, b = samples[(2, 11)], samples[(2, 11)]
+    torch.testing.assert_close(a["image"], b["image"])
+    assert torch.equal(a["instance"], b["instance"])
+    assert not torch.equal(samples[(2, 12)]["image"], a["image"])
+
+
+def test_synthetic_scenes_have_what_the_demo_needs():
+    rng = np.random.default_rng(0)
+    spec = SceneSpec()
+    touching = 0
+    counts = np.zeros(len(CLASS_NAMES))
+    pixels = np.zeros(len(CLASS_NAMES))
+    for _ in range(100):
+        image, semantic, instance = render_scene(rng, spec)
+        assert image.shape == (96, 96, 3) and semantic.shape == instance.shape == (96, 96)
+        assert np.array_equal(semantic == 255, instance == 255)  # one void band in both maps
+        pixels += np.bincount(semantic.ravel(), minlength=256)[:len(CLASS_NAMES)]
+        ids = [i for i in np.unique(instance) if i not in (0, 255)]
+        for i in ids:
+            classes = np.unique(semantic[instance == i])
+            assert len(classes) == 1 and classes[0] > 0  # one class per instance
+            counts[classes[0]] += 1
+        # same-class instances that touch: a void pixel with two different ids of one class around it
+        for a in ids:
+            for b in ids:
+                if a < b and semantic[instance == a][0] == semantic[instance == b][0]:
+                    grown = np.zeros_like(instance, bool)
+                    mask = instance == a
+                    for dy in range(-3, 4):  # across the 2-pixel void band between touching instances
+                        for dx in range(-3, 4):
+                            grown |= np.roll(np.roll(mask, dy, 0), dx, 1)
+                    touching += bool((grown & (instance == b)).any())
+    assert touching >= 10  # instances of a class often touch or overlap
+    assert counts[5] < counts[1:5].min()  # star is the rare class: in instances
+    assert pixels[5] < 0.5 * pixels[1:5].min()  # and, more so, in pixels
+    assert np.all(counts[1:] > 0)
+
+
+def test_colour_does_not_tell_the_class():
+    """A nearest-mean-colour classifier of instances does no better than always guessing the
+    most frequent class: classes must be told apart by shape."""
+    rng = np.random.default_rng(1)
+    colours, labels = [], []
+    for _ in range(150):
+        image, semantic, instance = render_scene(rng)
+        for i in np.unique(instance):
+            if i not in (0, 255):
+                colours.append(image[instance == i].mean(axis=0))
+                labels.append(int(semantic[instance == i][0]))
+    colours, labels = np.array(colours), np.array(labels)
+    half = len(labels) // 2
+    classes = np.unique(labels[:half])
+    centres = np.array([colours[:half][labels[:half] == c].mean(axis=0) for c in classes])
+    guesses = classes[np.argmin(((colours[half:, None] - centres[None]) ** 2).sum(-1), axis=1)]
+    accuracy = (guesses == labels[half:]).mean()
+    majority = np.bincount(labels[half:]).max() / len(labels[half:])
+    assert accuracy <= majority + 0.05
