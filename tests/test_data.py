@@ -149,7 +149,7 @@ def test_synthetic_scenes_have_what_the_demo_needs():
     pixels = np.zeros(len(CLASS_NAMES))
     for _ in range(100):
         image, semantic, instance = render_scene(rng, spec)
-        assert image.shape == (96, 96, 3) and semantic.shape == instance.shape == (96, 96)
+        assert image.shape == (64, 64, 3) and semantic.shape == instance.shape == (64, 64)
         assert np.array_equal(semantic == 255, instance == 255)  # one void band in both maps
         pixels += np.bincount(semantic.ravel(), minlength=256)[:len(CLASS_NAMES)]
         ids = [i for i in np.unique(instance) if i not in (0, 255)]

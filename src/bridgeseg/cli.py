@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("demo", help="generate the synthetic dataset, train, evaluate, draw overlays")
     sub.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
-    sub.add_argument("--minutes", type=float, default=6.0, help="training time budget in minutes (default 6)")
+    sub.add_argument("--minutes", type=float, default=8.0, help="training time budget in minutes (default 8)")
     sub.add_argument("--train-images", type=int, default=400, help=argparse.SUPPRESS)
     sub.add_argument("--val-images", type=int, default=60, help=argparse.SUPPRESS)
     sub.set_defaults(handler=cmd_demo)
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, help="dataset root to write")
     sub.add_argument("--train", type=int, default=400, help="training images (default 400)")
     sub.add_argument("--val", type=int, default=60, help="validation images (default 60)")
-    sub.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    sub.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     sub.add_argument("--seed", type=int, default=0)
     sub.set_defaults(handler=cmd_data_synthetic)
     return parser

@@ -67,7 +67,7 @@ def draw_overlays(model, config, out_dir: Path, count: int = OVERLAY_COUNT) -> l
     return paths
 
 
-def run_demo(out_dir: str | Path = "demo-output", minutes: float = 6.0, num_train: int = 400, num_val: int = 60,
+def run_demo(out_dir: str | Path = "demo-output", minutes: float = 8.0, num_train: int = 400, num_val: int = 60,
              progress: bool = True) -> dict:
     """Run the demo; returns the metrics dict written to ``OUT/metrics.json``."""
     out_dir = Path(out_dir)

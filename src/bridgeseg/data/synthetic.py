@@ -27,11 +27,11 @@ CLASS_FREQUENCIES = (0.30, 0.28, 0.24, 0.12, 0.06)  # of foreground instances; s
 class SceneSpec:
     """Knobs of the generator (sizes in pixels)."""
 
-    image_size: int = 96
+    image_size: int = 64
     min_objects: int = 2
-    max_objects: int = 6
-    min_size: int = 20
-    max_size: int = 44
+    max_objects: int = 4
+    min_size: int = 18
+    max_size: int = 36
     touch_probability: float = 0.5
     min_visible_fraction: float = 0.45
     void_width: int = 1

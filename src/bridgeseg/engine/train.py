@@ -176,6 +176,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bo
             speed = window_images / max(now - window_start, 1e-9)
             window_start, window_images = now, 0
             lr = optimizer.param_groups[0]["lr"]
+            if limit_seconds > 0 and progress_fraction > step / tcfg.iterations:
+                bar.total = max(step, round(step / max(progress_fraction, 1e-9)))  # the step the time limit ends at
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             log.write({"step": step, "loss": loss.item(), **{f"loss_{k}": v for k, v in parts.items()},
                        "lr": lr, "images_per_s": speed, "elapsed": elapsed_before + now - start})

@@ -68,7 +68,9 @@ class DilatedResNet(nn.Module):
         self.depth = depth
         self.output_stride = output_stride
         builder, _ = _BUILDERS[depth]
-        net = builder(weights=None)
+        # residual branches start at zero (each block the identity): trains faster from random
+        # initialisation; loaded weights replace it
+        net = builder(weights=None, zero_init_residual=True)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
 
