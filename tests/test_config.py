@@ -33,6 +33,7 @@ def test_yaml_and_overrides(tmp_path):
 
 def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 0.001  # YAML would read this as a string
     with pytest.raises(ConfigError, match="train.iterations must be int"):
         load_config(None, ["train.iterations=1.5"])
     with pytest.raises(ConfigError, match="data.flip must be bool"):

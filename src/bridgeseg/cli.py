@@ -25,16 +25,22 @@ def _write_json(results: dict, path: str | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.distributed import cleanup, is_main_process
     from .engine.train import train
     from .report import metrics_table
 
     config = _load(args)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    print(f"training {Path(args.config).name} into {out} (resolved config: {out / 'config.yaml'})")
-    result = train(config, out, resume=not args.no_resume)
-    class_names = _class_names(config)
-    print(f"\nfinished {result.steps} steps in {result.seconds / 60:.1f} min; checkpoint {result.checkpoint}")
-    print(metrics_table(result.metrics, class_names))
+    main_process = is_main_process()
+    if main_process:
+        print(f"training {Path(args.config).name} into {out} (resolved config: {out / 'config.yaml'})")
+    try:
+        result = train(config, out, resume=not args.no_resume)
+    finally:
+        cleanup()
+    if main_process:
+        print(f"\nfinished {result.steps} steps in {result.seconds / 60:.1f} min; checkpoint {result.checkpoint}")
+        print(metrics_table(result.metrics, _class_names(config)))
     return 0
 
 
@@ -89,6 +95,33 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     root = generate_dataset(args.out, args.train, args.val, seed=args.seed, spec=SceneSpec(image_size=args.size),
                             progress=True)
     print(f"wrote a synthetic VOC-layout dataset to {root} ({args.train} train / {args.val} val images)")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset, format_report
+
+    report = check_dataset(args.dataset, args.root, args.split, sbd_root=args.sbd_root, num_workers=args.workers)
+    print(format_report(report, max_problems=args.max_problems))
+    return 0 if report.ok else 1
+
+
+def cmd_data_prepare_voc_aug(args: argparse.Namespace) -> int:
+    from .data.sbd import prepare_voc_aug
+
+    path = prepare_voc_aug(args.voc_root, args.sbd_root, progress=True)
+    print(f"wrote the 10,582-image training labels to {Path(args.voc_root) / 'SegmentationClassAug'} and the list {path}")
+    return 0
+
+
+def cmd_data_prepare_sbd_splits(args: argparse.Namespace) -> int:
+    from .data.sbd import sbd_voc2012_instance_ids
+
+    for split in ("train", "val"):
+        ids = sbd_voc2012_instance_ids(args.voc_root, args.sbd_root, split)
+        path = Path(args.sbd_root) / f"voc2012_inst_{split}.txt"
+        path.write_text("".join(f"{name}\n" for name in ids))
+        print(f"wrote {path} ({len(ids)} images)")
     return 0
 
 
@@ -154,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     sub.add_argument("--seed", type=int, default=0)
     sub.set_defaults(handler=cmd_data_synthetic)
+
+    sub = tools.add_parser("check", help="check a dataset root before a long run (exit status 1 on problems)")
+    sub.add_argument("--dataset", required=True, choices=("voc", "voc_aug", "sbd", "cityscapes", "context", "context59"))
+    sub.add_argument("--root", required=True, help="the dataset root (as data.root)")
+    sub.add_argument("--split", action="append", help="split(s) to check (default: train and val)")
+    sub.add_argument("--sbd-root", help="SBD root, for --dataset voc_aug without prepared labels")
+    sub.add_argument("--workers", type=int, default=0, help="processes reading files in parallel")
+    sub.add_argument("--max-problems", type=int, default=20, help="problems listed in full (all are counted)")
+    sub.set_defaults(handler=cmd_data_check)
+
+    sub = tools.add_parser("prepare-voc-aug", help="write VOC 2012 + SBD training labels as PNGs once, for speed")
+    sub.add_argument("--voc-root", required=True, help="VOCdevkit/VOC2012")
+    sub.add_argument("--sbd-root", required=True, help="benchmark_RELEASE/dataset (with cls/, inst/, train.txt, val.txt)")
+    sub.set_defaults(handler=cmd_data_prepare_voc_aug)
+
+    sub = tools.add_parser("prepare-sbd-splits",
+                           help="write SBD's instance splits of the paper (VOC 2012 train 5,623 / val 5,732)")
+    sub.add_argument("--voc-root", required=True, help="VOCdevkit/VOC2012 (for ImageSets/Main/{train,val}.txt)")
+    sub.add_argument("--sbd-root", required=True, help="benchmark_RELEASE/dataset; the lists are written there")
+    sub.set_defaults(handler=cmd_data_prepare_sbd_splits)
     return parser
 
 
@@ -161,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, FloatingPointError) as error:
         print(f"bridgeseg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -42,6 +42,7 @@ class ModelConfig:
     dropout: float = 0.0
     dropout_blocks: int = 0
     init: str = "imagenet"
+    freeze_bn: bool = False
     channels_last: bool = False
 
 
@@ -51,6 +52,7 @@ class DataConfig:
 
     dataset: str = "voc"
     root: str = "data/VOCdevkit/VOC2012"
+    sbd_root: str = ""
     train_split: str = "train"
     val_split: str = "val"
     crop_size: int = 321
@@ -60,6 +62,7 @@ class DataConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     workers: int = 2
+    skip_bad: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,15 +110,26 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
+    amp: str = "off"
+    compile: bool = False
+    sync_bn: bool = False
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation. ``max_images`` 0 = the whole split (periodic evaluation may use fewer)."""
+    """Evaluation and inference. ``max_images`` 0 = the whole split (periodic evaluation may use
+    fewer). Multi-view testing averages class probabilities (and transforms) over ``scales`` and,
+    with ``flip``, their mirror images. ``tile_size`` > 0 predicts large images in overlapping
+    tiles of that size (``tile_overlap`` the overlapping fraction)."""
 
     split: str = ""
     max_images: int = 0
     periodic_max_images: int = 0
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    tile_size: int = 0
+    tile_overlap: float = 0.33
 
 
 @dataclass(frozen=True)
@@ -162,7 +176,8 @@ CHOICES: dict[str, tuple] = {
     "model.output_stride": (8, 16, 32),
     "model.kernel": (1, 3, 5, 7),
     "model.head": ("linear", "nonlinear"),
-    "data.dataset": ("voc",),
+    "data.dataset": ("voc", "voc_aug", "sbd", "cityscapes", "context", "context59"),
+    "train.amp": ("off", "bf16", "fp16"),
     "loss.resolution": ("label", "output"),
     "train.optimizer": ("sgd", "adamw"),
     "loss.instance_weighting": ("equal", "box", "sqrt", "none"),
@@ -201,6 +216,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "train.threads": (0, None, True),
     "eval.max_images": (0, None, True),
     "eval.periodic_max_images": (0, None, True),
+    "eval.tile_size": (0, None, True),
+    "eval.tile_overlap": (0.0, 0.9, True),
     "instance.top_n": (1, None, True),
     "instance.nms_threshold": (0.0, 1.0, True),
     "instance.region_nms_threshold": (0.0, 1.0, True),
@@ -230,6 +247,13 @@ def _coerce(dotted: str, value: Any, annotation: Any) -> Any:
             return None
         inner = [option for option in options if option is not type(None)]
         return _coerce(dotted, value, inner[0])
+    if origin is tuple and typing.get_args(annotation)[-1] is Ellipsis:
+        item_type = typing.get_args(annotation)[0]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{dotted} must be a non-empty list of numbers, got {value!r}")
+        return tuple(_coerce(dotted, item, item_type) for item in value)
     if origin is tuple:
         item_types = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
@@ -244,6 +268,11 @@ def _coerce(dotted: str, value: Any, annotation: Any) -> Any:
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif annotation is str:
         if isinstance(value, str):
             return value
@@ -299,6 +328,14 @@ def _check_consistency(config: Config) -> None:
     data = config.data
     if data.scale_min > data.scale_max:
         raise ConfigError(f"data.scale_min ({data.scale_min}) must not exceed data.scale_max ({data.scale_max})")
+    if config.train.deterministic and config.train.time_limit_minutes > 0:
+        raise ConfigError("train.deterministic is true but train.time_limit_minutes makes the learning rate depend "
+                          "on wall-clock time; set train.time_limit_minutes=0 for reproducible runs")
+    if any(scale <= 0 for scale in config.eval.scales):
+        raise ConfigError(f"eval.scales must all be > 0, got {list(config.eval.scales)}")
+    if config.eval.tile_size and config.eval.tile_size < config.model.output_stride:
+        raise ConfigError(f"eval.tile_size ({config.eval.tile_size}) must be 0 (whole images) or at least the "
+                          f"output stride ({config.model.output_stride})")
     if config.loss.threshold is None and config.loss.bootstrap and config.loss.min_kept == 0:
         raise ConfigError("loss.threshold is null and loss.min_kept is 0: bootstrapping would keep no pixel; "
                           "set loss.min_kept (e.g. 512) or a threshold")

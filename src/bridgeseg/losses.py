@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LossConfig
+from .engine import distributed
 from .models.fcrn import resize_to_input
 from .targets import box_targets, class_transforms, decode_boxes, elementwise_box_iou
 
@@ -24,6 +25,14 @@ from .targets import box_targets, class_transforms, decode_boxes, elementwise_bo
 def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
     """Losses are computed in float32 (or float64) whatever the autocast dtype of the outputs."""
     return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
+def _normalised(total: torch.Tensor, normalizer: torch.Tensor, minimum: float) -> torch.Tensor:
+    """``total / normalizer``. Under DDP the normalizer is the global one divided by the world size:
+    DDP averages gradients over ranks, so a step then equals one process's step on the whole batch."""
+    if distributed.is_enabled():
+        normalizer = distributed.all_reduce_sum(normalizer.detach().clone()) / torch.distributed.get_world_size()
+    return total / normalizer.clamp(min=minimum)
 
 
 def hard_pixel_mask(easiness: torch.Tensor, valid: torch.Tensor, threshold: float | None,
@@ -74,7 +83,7 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thres
             keep = hard_pixel_mask(probability, valid.flatten(1), threshold, min_kept).view_as(valid)
     else:
         keep = valid
-    return (per_pixel * keep).sum() / keep.sum().clamp(min=1)
+    return _normalised((per_pixel * keep).sum(), keep.sum().to(per_pixel.dtype), 1.0)
 
 
 def bootstrapped_box_loss(transforms: torch.Tensor, target_transforms: torch.Tensor, target_boxes: torch.Tensor,
@@ -104,7 +113,7 @@ def bootstrapped_box_loss(transforms: torch.Tensor, target_transforms: torch.Ten
     else:
         keep = valid
     kept_weights = weights * keep
-    return (per_pixel * kept_weights).sum() / kept_weights.sum().clamp(min=1e-12)
+    return _normalised((per_pixel * kept_weights).sum(), kept_weights.sum(), 1e-12)
 
 
 class SegmentationLoss:

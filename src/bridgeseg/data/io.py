@@ -38,6 +38,9 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path} does not exist") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image {path} is larger than Pillow's decompression-bomb limit ({error}); "
+                         "if the file is trusted, resize it") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"image {path} is corrupt or not an image ({error}); replace or remove it") from error
 

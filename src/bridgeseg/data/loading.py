@@ -8,26 +8,64 @@ run therefore sees exactly the batches it would have seen, with any number of wo
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..config import Config, DataConfig
 from .transforms import TrainAugmentation, to_tensors
 from .voc import VOCSegmentation
 
 
-def build_dataset(config: DataConfig, split: str, with_instances: bool = False) -> VOCSegmentation:
-    """The dataset of ``config.dataset`` at ``config.root`` for ``split``."""
+class BadSampleError(ValueError):
+    """A training image or label could not be read; the message names the file."""
+
+
+def build_dataset(config: DataConfig, split: str, with_instances: bool = False) -> Dataset:
+    """The dataset of ``config.dataset`` at ``config.root`` for ``split``.
+
+    ``voc``: a VOC-layout root (your own data too); ``voc_aug``: VOC 2012 + SBD (``data.sbd_root``);
+    ``sbd``: SBD's own layout; ``cityscapes``; ``context`` (60 classes) / ``context59``.
+    """
+    root = Path(config.root)
     if config.dataset == "voc":
-        return VOCSegmentation(Path(config.root), split, with_instances=with_instances)
+        return VOCSegmentation(root, split, with_instances=with_instances)
+    if config.dataset == "voc_aug":
+        if with_instances:
+            raise ValueError("data.dataset voc_aug has class labels only; train instance models on sbd")
+        from .sbd import VOCAugSegmentation
+
+        if split == config.train_split and split == "train":
+            split = "train_aug"
+        return VOCAugSegmentation(root, config.sbd_root or None, split)
+    if config.dataset == "sbd":
+        from .sbd import SBDSegmentation
+
+        return SBDSegmentation(root, split, with_instances=with_instances)
+    if config.dataset == "cityscapes":
+        from .cityscapes import CityscapesSegmentation
+
+        return CityscapesSegmentation(root, split, with_instances=with_instances)
+    if config.dataset in ("context", "context59"):
+        if with_instances:
+            raise ValueError("PASCAL-Context has no instance labels; use model.arch=semantic")
+        from .context import PascalContext
+
+        return PascalContext(root, split, num_classes=60 if config.dataset == "context" else 59)
     raise ValueError(f"unknown data.dataset {config.dataset!r}")
 
 
 class TrainingSamples(Dataset):
-    """Augmented tensors of a dataset, indexed by ``(index, position)`` pairs from ``StepSampler``."""
+    """Augmented tensors of a dataset, indexed by ``(index, position)`` pairs from ``StepSampler``.
+
+    A sample that cannot be read raises ``BadSampleError`` naming the file, or, with
+    ``data.skip_bad``, is replaced (with a warning) by the next readable sample of the dataset.
+    """
+
+    MAX_REPLACEMENTS = 16
 
     def __init__(self, dataset: Dataset, config: DataConfig, seed: int) -> None:
         self.dataset = dataset
@@ -38,10 +76,22 @@ class TrainingSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _read(self, index: int) -> dict:
+        for attempt in range(self.MAX_REPLACEMENTS):
+            candidate = (index + attempt) % len(self.dataset)
+            try:
+                return self.dataset[candidate]
+            except (ValueError, OSError) as error:
+                if not self.config.skip_bad:
+                    raise BadSampleError(f"{error} (set data.skip_bad=true to skip unreadable samples)") from error
+                warnings.warn(f"skipping an unreadable training sample: {error}", stacklevel=2)
+        raise BadSampleError(f"{self.MAX_REPLACEMENTS} training samples in a row from index {index} are unreadable; "
+                             "check the dataset with `bridgeseg data check`")
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, position = key
         rng = np.random.default_rng([self.seed, position])
-        sample = self.augment(self.dataset[index], rng)
+        sample = self.augment(self._read(index), rng)
         return to_tensors(sample, self.config.mean, self.config.std)
 
 
@@ -108,13 +158,22 @@ def training_loader(config: Config, dataset: Dataset, start_step: int, rank: int
     sampler = StepSampler(len(dataset), config.train.batch_size, config.train.seed, start_step,
                           config.train.iterations, rank, world_size)
     workers = config.data.workers
+    # a private generator: creating the loader must not draw from the global RNG (exact resume)
     return DataLoader(TrainingSamples(dataset, config.data, config.train.seed), batch_sampler=sampler,
                       num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                      prefetch_factor=4 if workers > 0 else None)
+                      prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(0))
 
 
-def evaluation_loader(config: DataConfig, dataset: Dataset, limit: int = 0, workers: int | None = None) -> DataLoader:
-    """One whole image per batch (images of a split may differ in size)."""
+def evaluation_loader(config: DataConfig, dataset: Dataset, limit: int = 0, workers: int | None = None,
+                      shard: tuple[int, int] = (0, 1)) -> DataLoader:
+    """One whole image per batch (images of a split may differ in size).
+
+    ``shard = (rank, world_size)`` keeps every ``world_size``-th image from ``rank`` (distributed
+    evaluation; the evaluators' statistics are reduced afterwards).
+    """
     workers = config.workers if workers is None else workers
-    return DataLoader(EvaluationSamples(dataset, config, limit), batch_size=1, num_workers=workers,
-                      pin_memory=torch.cuda.is_available())
+    samples = EvaluationSamples(dataset, config, limit)
+    rank, world_size = shard
+    if world_size > 1:
+        samples = Subset(samples, list(range(rank, len(samples), world_size)))
+    return DataLoader(samples, batch_size=1, num_workers=workers, pin_memory=torch.cuda.is_available())

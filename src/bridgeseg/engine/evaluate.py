@@ -20,6 +20,7 @@ from ..evaluation.semantic import SemanticEvaluator
 from ..grouping import GroupingParams, Instances, group_instances
 from ..models.fcrn import resize_to_input
 from ..targets import box_targets
+from . import distributed
 
 ORACLES = ("semantic", "localization", "both")
 
@@ -101,7 +102,7 @@ def apply_oracle(maps: ImageMaps | None, oracle: str, semantic: torch.Tensor, in
 
 def evaluate_model(model: nn.Module | None, loader, class_names: tuple[str, ...], device: torch.device,
                    output_stride: int, instance_config: InstanceConfig | None = None, oracle: str | None = None,
-                   progress: bool = True, description: str = "evaluating") -> dict:
+                   progress: bool = True, description: str = "evaluating", eval_config=None) -> dict:
     """Semantic (and, with ``instance_config``, instance) metrics over ``loader``.
 
     Args:
@@ -137,8 +138,14 @@ def evaluate_model(model: nn.Module | None, loader, class_names: tuple[str, ...]
             found = group_instances(maps.probs, maps.transforms, maps.stride, tuple(semantic.shape), params)
             gt_masks, gt_labels, void = instances_from_maps(batch["instance"][0].to(device), semantic, num_classes)
             instance_evaluator.process(found.masks, found.labels, found.scores, gt_masks, gt_labels, void)
+    # under torchrun every rank saw a shard of the images: combine the statistics
+    semantic_evaluator.all_reduce()
     results = {"semantic": semantic_evaluator.evaluate()}
     if instance_evaluator is not None:
+        states = distributed.gather_objects(instance_evaluator.state_dict())
+        instance_evaluator.load_state_dict(states[0])
+        for state in states[1:]:
+            instance_evaluator.merge(state)
         results["instance"] = instance_evaluator.evaluate()
     return results
 
