@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import load_config, packaged_config_dir
 from .data.loading import build_dataset, evaluation_loader

@@ -82,3 +82,70 @@ def read_instance_txt(txt_path: str | Path, image_size: tuple[int, int] | None =
     shape = tuple(image_size) if image_size is not None else (masks[0].shape if masks else (0, 0))
     stacked = np.stack(masks) if masks else np.zeros((0, *shape), dtype=bool)
     return stacked, np.array(class_ids, dtype=np.int64), np.array(scores, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole-dataset prediction files (``bridgeseg predict-dataset``)
+
+FORMATS = ("voc", "cityscapes", "coco")
+
+
+def write_voc_prediction(out_dir: Path, name: str, semantic: np.ndarray, masks: np.ndarray | None,
+                         class_ids, scores) -> None:
+    """VOC server format: ``OUT/<id>.png`` palette PNG of class indices; instances, when given, as
+    ``OUT/instances/<id>.txt`` + masks (what ``bridgeseg score instance --gt-format voc`` reads)."""
+    from .data.io import write_label
+
+    write_label(out_dir / f"{name}.png", semantic)
+    if masks is not None:
+        write_instance_txt(out_dir / "instances" / f"{name}.txt", masks, class_ids, scores)
+
+
+def write_cityscapes_prediction(out_dir: Path, name: str, semantic_train_ids: np.ndarray, masks: np.ndarray | None,
+                                train_class_ids, scores) -> None:
+    """Cityscapes evaluator format: ``OUT/<stem>_labelIds.png`` (8-bit label ids, not train ids) and,
+    with instances, ``OUT/<stem>.txt`` lines ``masks/<stem>_NNN.png <label id> <score>``."""
+    from .data.cityscapes import train_ids_to_label_ids
+
+    stem = Path(name).name.removesuffix("_leftImg8bit")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label_ids = train_ids_to_label_ids(semantic_train_ids).astype(np.uint8)
+    Image.fromarray(label_ids).save(out_dir / f"{stem}_labelIds.png")
+    if masks is not None:
+        label_class_ids = train_ids_to_label_ids(np.asarray(train_class_ids, dtype=np.int64))
+        write_instance_txt(out_dir / f"{stem}.txt", masks, label_class_ids, scores)
+
+
+class CocoResults:
+    """Accumulates COCO instance-segmentation results (RLE masks via pycocotools) and writes
+    ``results.json`` (a list of {image_id, category_id, segmentation, score}) and ``images.json``
+    (image_id -> file name), with category ids = the dataset's class ids."""
+
+    def __init__(self) -> None:
+        try:
+            from pycocotools import mask as mask_utils
+        except ImportError as error:
+            raise ImportError("--format coco needs pycocotools: pip install pycocotools") from error
+        self._encode = mask_utils.encode
+        self.results: list[dict] = []
+        self.images: list[dict] = []
+
+    def add(self, name: str, size: tuple[int, int], masks: np.ndarray, class_ids, scores) -> None:
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "file_name": name, "height": int(size[0]), "width": int(size[1])})
+        for mask, class_id, score in zip(masks, class_ids, scores):
+            rle = self._encode(np.asfortranarray(mask.astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            self.results.append({"image_id": image_id, "category_id": int(class_id), "segmentation": rle,
+                                 "score": round(float(score), 6)})
+
+    def write(self, out_dir: Path, class_names: tuple[str, ...]) -> Path:
+        import json
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "images.json").write_text(json.dumps({
+            "images": self.images,
+            "categories": [{"id": index, "name": name} for index, name in enumerate(class_names) if index > 0]}))
+        path = out_dir / "results.json"
+        path.write_text(json.dumps(self.results))
+        return path

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .io import VOID, read_image, read_label
+from .io import VOID, read_image
 
 DATASET_NAMES = ("voc", "voc_aug", "sbd", "cityscapes", "context", "context59")
 DEFAULT_SPLITS = {"voc": ("train", "val"), "voc_aug": ("train_aug", "val"), "sbd": ("train", "val"),
@@ -109,39 +109,13 @@ class CheckReport:
 # Opening the datasets
 
 
-class _VOCSource:
-    """The accessors ``check`` needs, for a ``VOCSegmentation``."""
-
-    def __init__(self, dataset) -> None:
-        self.root, self.ids, self.split = dataset.root, dataset.ids, dataset.split
-        self.class_names, self.num_classes = dataset.class_names, dataset.num_classes
-        self.with_instances = dataset.with_instances
-        self.thing_classes = tuple(range(1, dataset.num_classes))
-
-    def image_path(self, name: str) -> Path:
-        candidates = [self.root / "JPEGImages" / f"{name}{suffix}" for suffix in (".jpg", ".jpeg", ".png")]
-        return next((path for path in candidates if path.is_file()), candidates[0])
-
-    def semantic_path(self, name: str) -> Path:
-        return self.root / "SegmentationClass" / f"{name}.png"
-
-    def read_semantic(self, name: str) -> np.ndarray:
-        return read_label(self.semantic_path(name))
-
-    def instance_path(self, name: str) -> Path:
-        return self.root / "SegmentationObject" / f"{name}.png"
-
-    def read_instance(self, name: str) -> np.ndarray:
-        return read_label(self.instance_path(name), colors=None)
-
-
 def open_dataset(dataset_name: str, root: str | Path, split: str, sbd_root: str | Path | None = None):
     """The dataset object of ``dataset_name`` for ``split``, with instances where the root has them."""
     root = Path(root)
     if dataset_name == "voc":
         from .voc import VOCSegmentation
 
-        return _VOCSource(VOCSegmentation(root, split, with_instances=(root / "SegmentationObject").is_dir()))
+        return VOCSegmentation(root, split, with_instances=(root / "SegmentationObject").is_dir())
     if dataset_name == "voc_aug":
         from .sbd import VOCAugSegmentation
 

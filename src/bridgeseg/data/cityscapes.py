@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
-from .io import VOID, read_image, read_label
-from .voc import check_label
+from .io import VOID, read_label
+from .base import SegmentationDataset
 
 # (label id, train id, name, is a thing class with instances) of the classes that are evaluated
 EVALUATED_LABELS = (
@@ -134,7 +133,7 @@ def _check_cityscapes_root(root: Path) -> None:
                                     "gtFine/<split>/<city>/<stem>_gtFine_labelIds.png)")
 
 
-class CityscapesSegmentation(Dataset):
+class CityscapesSegmentation(SegmentationDataset):
     """Cityscapes fine annotations with the 19 train ids (and optionally thing instances).
 
     ``dataset[i]`` is a dict: ``image`` (H, W, 3) uint8 RGB, ``semantic`` (H, W) int64 train ids
@@ -203,13 +202,6 @@ class CityscapesSegmentation(Dataset):
             raise ValueError(f"id list {path} is empty")
         return ids
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def _gt(self, name: str, kind: str) -> Path:
         return self.root / "gtFine" / self._folder[name] / f"{name}_gtFine_{kind}.png"
 
@@ -244,14 +236,3 @@ class CityscapesSegmentation(Dataset):
         """(H, W) int64 consecutive instance ids, see ``instance_ids_to_instance_map``."""
         return instance_ids_to_instance_map(read_instance_ids(self.instance_path(name)))
 
-    def __getitem__(self, index: int) -> dict:
-        name = self.ids[index]
-        image = read_image(self.image_path(name))
-        semantic = self.read_semantic(name)
-        check_label(semantic, self.num_classes, self.semantic_path(name), image.shape[:2])
-        sample = {"image": image, "semantic": semantic, "name": name}
-        if self.with_instances:
-            instance = self.read_instance(name)
-            check_label(instance, None, self.instance_path(name), image.shape[:2])
-            sample["instance"] = instance
-        return sample

@@ -43,10 +43,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from .io import VOID, read_image, read_label
-from .voc import IMAGE_SUFFIXES, check_label
+from .io import VOID, read_label
+from .base import SegmentationDataset
+from .voc import IMAGE_SUFFIXES
 
 CONTEXT59_CLASSES = (
     "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building",
@@ -131,7 +131,7 @@ def _resolve_root(root: Path) -> Path:
     return root
 
 
-class PascalContext(Dataset):
+class PascalContext(SegmentationDataset):
     """PASCAL-Context semantic segmentation with 60 (background + 59) or 59 classes.
 
     ``dataset[i]`` is a dict: ``image`` (H, W, 3) uint8 RGB, ``semantic`` (H, W) int64 (0..59 with
@@ -184,13 +184,6 @@ class PascalContext(Dataset):
         raise FileNotFoundError(f"split list {candidates[0]} does not exist"
                                 + (f" (nor {candidates[1]})" if len(candidates) > 1 else ""))
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def image_path(self, name: str) -> Path:
         """``JPEGImages/<name>.jpg`` (or ``.jpeg``/``.png``), whether it exists or not."""
         candidates = [self.root / "JPEGImages" / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES]
@@ -215,9 +208,3 @@ class PascalContext(Dataset):
             label = np.where((label == 0) | (label == VOID), VOID, label - 1)
         return label
 
-    def __getitem__(self, index: int) -> dict:
-        name = self.ids[index]
-        image = read_image(self.image_path(name))
-        semantic = self.read_semantic(name)
-        check_label(semantic, self.num_classes, self.semantic_path(name), image.shape[:2])
-        return {"image": image, "semantic": semantic, "name": name}

@@ -36,10 +36,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from .io import read_image, read_label, write_label
-from .voc import IMAGE_SUFFIXES, VOC_CLASSES, check_label, read_split
+from .io import read_label, write_label
+from .base import SegmentationDataset
+from .voc import IMAGE_SUFFIXES, VOC_CLASSES, read_split
 
 
 def _load_struct(path: str | Path, name: str):
@@ -120,7 +120,7 @@ def _check_sbd_root(root: Path, folders: tuple[str, ...]) -> None:
                                     "img/<id>.jpg, cls/<id>.mat, inst/<id>.mat, train.txt, val.txt)")
 
 
-class SBDSegmentation(Dataset):
+class SBDSegmentation(SegmentationDataset):
     """The Semantic Boundaries Dataset in its own layout (``benchmark_RELEASE/dataset``).
 
     ``dataset[i]`` is a dict: ``image`` (H, W, 3) uint8 RGB, ``semantic`` (H, W) int64 with
@@ -155,13 +155,6 @@ class SBDSegmentation(Dataset):
                                     f"{available or 'none'} (pass train, val or the path of an id list)")
         self.ids = read_id_list(path)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def image_path(self, name: str) -> Path:
         """``img/<name>.jpg`` (whether it exists or not)."""
         return self.root / "img" / f"{name}.jpg"
@@ -184,17 +177,6 @@ class SBDSegmentation(Dataset):
         """(N,) int64 class (1..20) of each instance of ``inst/<name>.mat`` (``GTinst.Categories``)."""
         return read_sbd_instances(self.instance_path(name))[1]
 
-    def __getitem__(self, index: int) -> dict:
-        name = self.ids[index]
-        image = read_image(self.image_path(name))
-        semantic = self.read_semantic(name)
-        check_label(semantic, self.num_classes, self.semantic_path(name), image.shape[:2])
-        sample = {"image": image, "semantic": semantic, "name": name}
-        if self.with_instances:
-            instance = self.read_instance(name)
-            check_label(instance, None, self.instance_path(name), image.shape[:2])
-            sample["instance"] = instance
-        return sample
 
 
 def sbd_voc2012_instance_ids(voc_root: str | Path, sbd_root: str | Path, split: str = "train") -> list[str]:
@@ -226,7 +208,7 @@ def voc_aug_train_ids(voc_root: str | Path, sbd_root: str | Path) -> list[str]:
     return sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val))
 
 
-class VOCAugSegmentation(Dataset):
+class VOCAugSegmentation(SegmentationDataset):
     """PASCAL VOC 2012 with the SBD class labels added: the 10,582-image ``train_aug`` set.
 
     Images come from ``voc_root/JPEGImages`` (SBD's images are VOC images; ``sbd_root/img`` is
@@ -275,13 +257,6 @@ class VOCAugSegmentation(Dataset):
             raise ValueError(f"the train_aug split of {self.root} + {self.sbd_root} is empty")
         return ids
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def image_path(self, name: str) -> Path:
         """The image of ``name`` in ``JPEGImages/``, else in SBD's ``img/``; ``JPEGImages/<name>.jpg`` if neither."""
         candidates = [self.root / "JPEGImages" / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES]
@@ -309,12 +284,6 @@ class VOCAugSegmentation(Dataset):
         raise FileNotFoundError(f"no label file for {name!r}: looked for {', '.join(str(p) for p in candidates)}"
                                 + ("" if self.sbd_root else " (pass sbd_root to read SBD's cls/*.mat)"))
 
-    def __getitem__(self, index: int) -> dict:
-        name = self.ids[index]
-        image = read_image(self.image_path(name))
-        semantic = self.read_semantic(name)
-        check_label(semantic, self.num_classes, self.semantic_path(name), image.shape[:2])
-        return {"image": image, "semantic": semantic, "name": name}
 
 
 def prepare_voc_aug(voc_root: str | Path, sbd_root: str | Path, progress: bool = True) -> Path:

@@ -14,9 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
-
-from .io import VOID, read_image, read_label
+from .base import SegmentationDataset
+from .io import read_label
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -53,7 +52,7 @@ def read_split(root: Path, split: str) -> list[str]:
     return ids
 
 
-class VOCSegmentation(Dataset):
+class VOCSegmentation(SegmentationDataset):
     """Images with class labels (and optionally instance labels) in the VOC layout.
 
     ``dataset[i]`` is a dict: ``image`` (H, W, 3) uint8, ``semantic`` (H, W) int64 with values
@@ -81,44 +80,21 @@ class VOCSegmentation(Dataset):
         self.with_instances = with_instances
         self.class_names = tuple(class_names) if class_names else read_class_names(self.root)
         self.ids = read_split(self.root, split)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.ids)
+        self.thing_classes = tuple(range(1, len(self.class_names)))
 
     def image_path(self, name: str) -> Path:
-        for suffix in IMAGE_SUFFIXES:
-            path = self.root / "JPEGImages" / f"{name}{suffix}"
-            if path.is_file():
-                return path
-        raise FileNotFoundError(f"image {self.root / 'JPEGImages' / name}.jpg of split {self.split!r} does not exist")
+        """``JPEGImages/<name>.jpg`` (or ``.jpeg``/``.png``), whether it exists or not."""
+        candidates = [self.root / "JPEGImages" / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES]
+        return next((path for path in candidates if path.is_file()), candidates[0])
 
-    def __getitem__(self, index: int) -> dict:
-        name = self.ids[index]
-        image = read_image(self.image_path(name))
-        semantic_path = self.root / "SegmentationClass" / f"{name}.png"
-        semantic = read_label(semantic_path)
-        check_label(semantic, self.num_classes, semantic_path, image.shape[:2])
-        sample = {"image": image, "semantic": semantic, "name": name}
-        if self.with_instances:
-            instance_path = self.root / "SegmentationObject" / f"{name}.png"
-            instance = read_label(instance_path, colors=None)
-            check_label(instance, None, instance_path, image.shape[:2])
-            sample["instance"] = instance
-        return sample
+    def semantic_path(self, name: str) -> Path:
+        return self.root / "SegmentationClass" / f"{name}.png"
 
+    def read_semantic(self, name: str) -> np.ndarray:
+        return read_label(self.semantic_path(name))
 
-def check_label(label: np.ndarray, num_classes: int | None, path: Path, image_size: tuple[int, int]) -> None:
-    """Raise ``ValueError`` naming ``path`` when a label map does not fit its image or its classes."""
-    if label.shape != tuple(image_size):
-        raise ValueError(f"label {path} is {label.shape[1]}x{label.shape[0]} but its image is "
-                         f"{image_size[1]}x{image_size[0]} (width x height); they must match")
-    if num_classes is not None:
-        bad = (label >= num_classes) & (label != VOID)
-        if bad.any():
-            raise ValueError(f"label {path} has value {int(label[bad].max())}, but there are only {num_classes} "
-                             f"classes (0..{num_classes - 1}, 255 = void); fix the file or list the classes in "
-                             "classes.txt")
+    def instance_path(self, name: str) -> Path:
+        return self.root / "SegmentationObject" / f"{name}.png"
+
+    def read_instance(self, name: str) -> np.ndarray:
+        return read_label(self.instance_path(name))
