@@ -23,10 +23,10 @@ import torch
 from bridgeseg.data.instances import instances_from_maps
 from bridgeseg.data.synthetic import CLASS_NAMES, SceneSpec, render_scene
 from bridgeseg.data.transforms import to_tensors
-from bridgeseg.engine.evaluate import grouping_params, oracle_probabilities, oracle_transforms
+from bridgeseg.engine.evaluate import oracle_probabilities, oracle_transforms
 from bridgeseg.config import InstanceConfig
 from bridgeseg.evaluation.instance import InstanceEvaluator
-from bridgeseg.grouping import group_instances
+from bridgeseg.grouping import GroupingParams, group_instances
 
 
 def filled(semantic: np.ndarray) -> np.ndarray:
@@ -57,16 +57,14 @@ def main() -> None:
     num_classes = len(CLASS_NAMES)
     spec = SceneSpec(touch_probability=0.9)
     rng = np.random.default_rng(args.seed)
-    params = grouping_params(InstanceConfig())
+    params = GroupingParams.from_config(InstanceConfig())
     methods = ["connected components", "grouping, true transforms"]
     model = None
     if args.checkpoint:
-        from bridgeseg.config import config_from_dict
-        from bridgeseg.engine.checkpoint import load_checkpoint
-        from bridgeseg.engine.evaluate import load_trained_model
+        from bridgeseg.engine.checkpoint import load_trained_model
 
-        model, _, model_config = load_trained_model(args.checkpoint, torch.device("cpu"))
-        data_config = config_from_dict(load_checkpoint(args.checkpoint)["config"]).data
+        model, _, trained = load_trained_model(args.checkpoint)
+        data_config, model_config = trained.data, trained.model
         methods.append("grouping, predicted transforms")
     evaluators = {name: InstanceEvaluator(list(CLASS_NAMES)) for name in methods}
     touching_pairs = 0

@@ -104,3 +104,83 @@ def test_score_semantic(tmp_path, capsys):
     assert run("score", "semantic", "--gt", gt, "--pred", pred, "--num-classes", 3) == 2
     assert "im1.png" in capsys.readouterr().err
     assert read_label(gt / "im0.png").shape == (6, 7)
+
+
+@pytest.fixture(scope="module")
+def joint_checkpoint(tmp_path_factory, synthetic_root):
+    """A joint model trained for 2 steps through the CLI (weights are near random: the tests below
+    check that every path gives the same numbers, not that they are good)."""
+    out = tmp_path_factory.mktemp("joint-run")
+    assert run("train", "demo", "--data-root", synthetic_root, "--out", out, "--set", *TINY, "model.arch=joint") == 0
+    assert (out / "class_scores.png").is_file()
+    return out / "final.pt"
+
+
+def test_predict_dataset_files_score_like_evaluate(tmp_path, synthetic_root, joint_checkpoint):
+    """evaluate in memory == predict-dataset to VOC files, then score semantic / score instance."""
+    direct = tmp_path / "direct.json"
+    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", joint_checkpoint,
+               "--json", direct, "--set", "data.workers=0") == 0
+    predictions = tmp_path / "pred"
+    assert run("predict-dataset", "demo", "--data-root", synthetic_root, "--checkpoint", joint_checkpoint,
+               "--out", predictions, "--format", "voc", "--set", "data.workers=0") == 0
+    split = synthetic_root / "ImageSets" / "Segmentation" / "val.txt"
+    semantic, instance = tmp_path / "semantic.json", tmp_path / "instance.json"
+    assert run("score", "semantic", "--gt", synthetic_root / "SegmentationClass", "--pred", predictions,
+               "--split", split, "--json", semantic) == 0
+    assert run("score", "instance", "--gt", synthetic_root, "--gt-format", "voc", "--pred", predictions / "instances",
+               "--split", split, "--json", instance) == 0
+    expected = json.loads(direct.read_text())
+    assert json.loads(semantic.read_text())["mean_iou"] == pytest.approx(expected["semantic"]["mean_iou"])
+    from_files = json.loads(instance.read_text())
+    for key in ("mAP_r@0.5", "mAP_r@0.7", "mAP_r_vol"):
+        assert from_files[key] == pytest.approx(expected["instance"][key], abs=1e-6), key
+
+
+def test_evaluate_with_views_and_a_report(tmp_path, synthetic_root, joint_checkpoint, capsys):
+    report = tmp_path / "report"
+    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", joint_checkpoint,
+               "--scales", "0.75", "1", "--flip", "--tile-size", "32", "--report", report,
+               "--set", "data.workers=0") == 0
+    assert (report / "class_scores.png").stat().st_size > 1000
+    assert "mean IoU" in (report / "report.md").read_text()
+    assert json.loads((report / "metrics.json").read_text())["semantic"]["num_images"] == 4
+    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", joint_checkpoint,
+               "--scales", "0", "--set", "data.workers=0") == 2
+    assert "eval.scales" in capsys.readouterr().err
+
+
+def test_predict_writes_files_and_counts_failures(tmp_path, synthetic_root, joint_checkpoint, capsys):
+    images = sorted((synthetic_root / "JPEGImages").glob("*.jpg"))[:2]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    assert run("predict", "--checkpoint", joint_checkpoint, *images, broken, "--out", out, "--device", "cpu") == 0
+    printed = capsys.readouterr()
+    assert "2 images predicted, 1 failed" in printed.out and "broken.jpg" in printed.err
+    for image in images:
+        for suffix in ("_semantic.png", "_instances.png", ".json", "_overlay.png"):
+            assert (out / f"{image.stem}{suffix}").is_file()
+    assert run("predict", "--checkpoint", joint_checkpoint, broken, "--out", out) == 1
+    assert run("predict", "--checkpoint", joint_checkpoint, tmp_path / "nothing-*.png", "--out", out) == 2
+    assert "nothing-*.png" in capsys.readouterr().err
+
+
+def test_export_checks_onnx_against_pytorch(tmp_path, joint_checkpoint, capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnx onnxruntime)")
+    assert run("export", "--checkpoint", joint_checkpoint, "--onnx", tmp_path / "model.onnx",
+               "--height", 64, "--width", 64) == 0
+    assert "largest absolute difference" in capsys.readouterr().out
+    assert (tmp_path / "model.onnx").stat().st_size > 100_000
+
+
+def test_data_check_exit_status(tmp_path, synthetic_root, capsys):
+    assert run("data", "check", "--dataset", "voc", "--root", synthetic_root) == 0
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(synthetic_root, copy)
+    victim = sorted((copy / "SegmentationClass").glob("*.png"))[0]
+    victim.write_bytes(b"truncated")
+    assert run("data", "check", "--dataset", "voc", "--root", copy) == 1
+    assert victim.name in capsys.readouterr().out

@@ -14,6 +14,12 @@ def _load(args: argparse.Namespace):
     overrides = list(args.set or [])
     if getattr(args, "data_root", None):
         overrides.append(f"data.root={args.data_root}")
+    if getattr(args, "scales", None):
+        overrides.append(f"eval.scales=[{', '.join(str(scale) for scale in args.scales)}]")
+    if getattr(args, "flip", False):
+        overrides.append("eval.flip=true")
+    if getattr(args, "tile_size", None) is not None:
+        overrides.append(f"eval.tile_size={args.tile_size}")
     return load_config(resolve_config_path(args.config), overrides)
 
 
@@ -52,12 +58,52 @@ def _class_names(config) -> tuple[str, ...]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate_config
-    from .report import metrics_table
+    from .report import metrics_table, write_evaluation_report
 
     config = _load(args)
     results, class_names = evaluate_config(config, args.checkpoint, oracle=args.oracle, device=args.device)
     print(metrics_table(results, class_names))
     _write_json(results, args.json)
+    if args.report:
+        path = write_evaluation_report(results, class_names, args.report,
+                                       title=f"Evaluation of {args.checkpoint or 'oracle ' + args.oracle}")
+        print(f"wrote {path} and {Path(args.report) / 'class_scores.png'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import Predictor, predict_files
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, scales=args.scales,
+                                          flip=args.flip or None, tile_size=args.tile_size)
+    views = len(predictor.views)
+    print(f"predicting with {args.checkpoint} on {predictor.device} ({views} view{'s' * (views > 1)}"
+          + (f", {predictor.tile_size}-pixel tiles" if predictor.tile_size else "") + ")")
+    summary = predict_files(predictor, args.inputs, args.out)
+    print(summary.format())
+    return 1 if summary.failed and not summary.images else 0
+
+
+def cmd_predict_dataset(args: argparse.Namespace) -> int:
+    from .engine.predict_dataset import predict_dataset
+
+    config = _load(args)
+    path = predict_dataset(config, args.checkpoint, args.out, args.format, split=args.split, device=args.device)
+    print(f"wrote {args.format} predictions to {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_onnx, export_onnx
+
+    path = export_onnx(args.checkpoint, args.onnx, image_size=(args.height, args.width), opset=args.opset)
+    print(f"wrote {path}")
+    if not args.no_check:
+        difference = check_onnx(args.checkpoint, path)
+        print(f"onnxruntime vs PyTorch: largest absolute difference {difference:.2e}")
+        if difference > args.tolerance:
+            print(f"bridgeseg export: error: difference above --tolerance {args.tolerance}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -66,7 +112,7 @@ def cmd_score_semantic(args: argparse.Namespace) -> int:
     from .report import metrics_table
 
     results = {"semantic": score_semantic_folders(args.gt, args.pred, args.num_classes, args.ignore_index,
-                                                  progress=True)}
+                                                  progress=True, split=args.split)}
     print(metrics_table(results))
     _write_json(results["semantic"], args.json)
     return 0
@@ -142,14 +188,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last.pt exists")
     sub.set_defaults(handler=cmd_train)
 
+    def view_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--scales", type=float, nargs="+", metavar="S",
+                         help="multi-view testing: average over these image scales, e.g. 0.5 0.75 1 1.25 1.5")
+        sub.add_argument("--flip", action="store_true", help="multi-view testing: add every view mirrored")
+        sub.add_argument("--tile-size", type=int, metavar="PIXELS",
+                         help="sliding window: predict in overlapping tiles of this size (0 = whole images)")
+        sub.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
     sub = commands.add_parser("evaluate", help="evaluate a checkpoint on the config's validation split")
     config_arguments(sub)
     sub.add_argument("--checkpoint", help="a training checkpoint (OUT/final.pt or OUT/last.pt)")
     sub.add_argument("--oracle", choices=("semantic", "localization", "both"),
                      help="replace score maps / transform maps / both by ground truth")
-    sub.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    view_arguments(sub)
     sub.add_argument("--json", help="write the metrics to this JSON file")
+    sub.add_argument("--report", help="write a Markdown report with a per-class IoU chart into this folder")
     sub.set_defaults(handler=cmd_evaluate)
+
+    sub = commands.add_parser("predict", help="predict image files: class PNG, instance PNG, JSON, overlay per image")
+    sub.add_argument("--checkpoint", required=True, help="a training checkpoint (joint, separate or semantic)")
+    sub.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    sub.add_argument("--out", required=True, help="output folder")
+    view_arguments(sub)
+    sub.set_defaults(handler=cmd_predict)
+
+    sub = commands.add_parser("predict-dataset", help="predict a dataset split into voc, cityscapes or coco files")
+    config_arguments(sub)
+    sub.add_argument("--checkpoint", required=True, help="a training checkpoint")
+    sub.add_argument("--out", required=True, help="output folder")
+    sub.add_argument("--format", required=True, choices=("voc", "cityscapes", "coco"),
+                     help="voc: class PNGs + instance .txt; cityscapes: labelIds PNGs + instance .txt; "
+                          "coco: results.json")
+    sub.add_argument("--split", help="split to predict (default: eval.split, else the validation split)")
+    view_arguments(sub)
+    sub.set_defaults(handler=cmd_predict_dataset)
+
+    sub = commands.add_parser("export", help="export the network to ONNX and check it with onnxruntime")
+    sub.add_argument("--checkpoint", required=True, help="a training checkpoint")
+    sub.add_argument("--onnx", required=True, help="the .onnx file to write")
+    sub.add_argument("--height", type=int, default=512, help="example input height (axes stay dynamic)")
+    sub.add_argument("--width", type=int, default=512, help="example input width (axes stay dynamic)")
+    sub.add_argument("--opset", type=int, default=17)
+    sub.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
+    sub.add_argument("--tolerance", type=float, default=1e-3,
+                     help="largest allowed |onnx - torch| (default 1e-3; exit status 1 above it)")
+    sub.set_defaults(handler=cmd_export)
 
     score = commands.add_parser("score", help="score prediction files against ground truth")
     kinds = score.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -158,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--pred", required=True, help="folder of predicted label PNGs")
     sub.add_argument("--num-classes", type=int, help="default: from classes.txt next to --gt, else 21 (VOC)")
     sub.add_argument("--ignore-index", type=int, default=255)
+    sub.add_argument("--split", help="a list of image ids to score, e.g. ImageSets/Segmentation/val.txt "
+                                     "(default: every ground-truth PNG)")
     sub.add_argument("--json", help="write the metrics to this JSON file")
     sub.set_defaults(handler=cmd_score_semantic)
 
@@ -214,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, FileNotFoundError, ValueError, FloatingPointError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, FloatingPointError, ImportError) as error:
         print(f"bridgeseg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,10 +18,12 @@ import numpy as np
 from .config import load_config, packaged_config_dir
 from .data.loading import build_dataset, evaluation_loader
 from .data.synthetic import generate_dataset
-from .engine.evaluate import image_maps, predict_instances
+from .engine.checkpoint import load_trained_model
 from .engine.train import resolve_device, train
+from .grouping import GroupingParams, group_instances
+from .inference import predict_maps
 from .report import markdown_metrics, metrics_table
-from .visualize import colorize, instance_map_overlay, instance_overlay, panel, semantic_overlay, stack_vertically
+from .visualize import colorize, plot_class_scores, instance_map_overlay, instance_overlay, panel, semantic_overlay, stack_vertically
 
 OVERLAY_COUNT = 8
 
@@ -47,12 +49,13 @@ def draw_overlays(model, config, out_dir: Path, count: int = OVERLAY_COUNT) -> l
     rows, paths = [], []
     for batch in loader:
         image = batch["raw_image"][0].numpy()
-        maps = image_maps(model, batch["image"].to(device), config.model.output_stride)
+        maps = predict_maps(model, batch["image"].to(device), config.model.output_stride)
         truth = batch["semantic"][0].numpy()
         pictures = [image, semantic_overlay(image, truth), semantic_overlay(image, maps.semantic.cpu().numpy())]
         titles = ["image", "truth", "prediction"]
         if maps.transforms is not None:
-            found = predict_instances(maps, image.shape[:2], config.instance)
+            found = group_instances(maps.probs, maps.transforms, maps.stride, image.shape[:2],
+                                    GroupingParams.from_config(config.instance))
             pictures += [instance_map_overlay(image, batch["instance"][0].numpy()),
                          instance_overlay(image, found.masks.cpu().numpy())]
             titles += ["true instances", f"found: {len(found)}"]
@@ -89,20 +92,20 @@ def run_demo(out_dir: str | Path = "demo-output", minutes: float = 8.0, num_trai
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print("[3/4] drawing overlays of validation images")
-    from .engine.evaluate import load_trained_model
-
     model, class_names, _ = load_trained_model(result.checkpoint, resolve_device(config.train.device))
     overlays = draw_overlays(model, config, out_dir / "overlays")
 
     print("[4/4] writing the report")
     report = out_dir / "report.md"
+    plot_class_scores(metrics, class_names, out_dir / "class_scores.png")
     report.write_text(demo_report(metrics, class_names, result, overlays, out_dir))
     seconds = time.perf_counter() - started
     print()
     print(metrics_table(metrics, class_names))
     print(f"\ndemo finished in {seconds / 60:.1f} min ({result.steps} training steps in "
           f"{result.seconds / 60:.1f} min). Look at:")
-    for path in (out_dir / "overlays.png", run_dir / "curves.png", report, out_dir / "metrics.json"):
+    for path in (out_dir / "overlays.png", out_dir / "class_scores.png", run_dir / "curves.png", report,
+                 out_dir / "metrics.json"):
         print(f"  {path}")
     return metrics
 
@@ -115,6 +118,7 @@ def demo_report(metrics: dict, class_names: tuple[str, ...], result, overlays: l
         f"Trained `configs/demo.yaml` for {result.steps} steps ({result.seconds / 60:.1f} min) on the synthetic "
         f"shapes dataset; evaluated on its {metrics['semantic']['num_images']} validation images.", "",
         markdown_metrics(metrics, class_names), "",
+        "![per-class scores](class_scores.png)", "",
         "## Training curves", "", "![curves](run/curves.png)", "",
         "## Validation images", "",
         "Each row: image | ground truth | prediction (class colours: " + legend + ")"

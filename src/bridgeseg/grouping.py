@@ -134,6 +134,13 @@ class GroupingParams:
         if self.vote_quantum < 0:
             raise ValueError(f"vote_quantum must be >= 0, got {self.vote_quantum}")
 
+    @classmethod
+    def from_config(cls, config) -> "GroupingParams":
+        """From a ``bridgeseg.config.InstanceConfig`` (the ``instance:`` config section)."""
+        return cls(top_n=config.top_n, nms_threshold=config.nms_threshold,
+                   region_nms_threshold=config.region_nms_threshold,
+                   min_cluster_size=config.min_cluster_size, max_instances=config.max_instances)
+
 
 # ----------------------------------------------------------------------------------------------
 # Steps 2-3: candidates and votes

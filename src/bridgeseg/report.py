@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
@@ -61,3 +64,19 @@ def markdown_metrics(results: dict, class_names: tuple[str, ...]) -> str:
                 row += f" {_percent(ap['0.5'] if ap else None)} | {_percent(ap['0.7'] if ap else None)} |"
             out.append(row)
     return "\n".join(out)
+
+
+def write_evaluation_report(results: dict, class_names: tuple[str, ...], out_dir: str | Path,
+                            title: str = "Evaluation") -> Path:
+    """``OUT/report.md`` (metric tables), ``OUT/class_scores.png`` (per-class bar chart) and
+    ``OUT/metrics.json``; returns the report's path."""
+    from .visualize import plot_class_scores
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_class_scores(results, class_names, out_dir / "class_scores.png")
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    path = out_dir / "report.md"
+    path.write_text(f"# {title}\n\n{markdown_metrics(results, class_names)}\n\n"
+                    "![per-class scores](class_scores.png)\n")
+    return path

@@ -146,3 +146,44 @@ def plot_training_curves(log_path: str | Path, out_path: str | Path) -> Path | N
     figure.savefig(out_path, dpi=110)
     plt.close(figure)
     return Path(out_path)
+
+
+def plot_class_scores(results: dict, class_names: tuple[str, ...], out_path: str | Path) -> Path:
+    """A horizontal bar chart of per-class IoU (and AP^r at 0.5 when instances were evaluated).
+
+    Classes without ground truth or prediction (IoU undefined) are drawn as an empty row marked
+    "n/a"; the dashed line is the mean IoU.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    semantic, instance = results["semantic"], results.get("instance")
+    ious = [np.nan if value is None else 100 * value for value in semantic["per_class_iou"]]
+    rows = np.arange(len(class_names))
+    figure, axis = plt.subplots(figsize=(7, 0.32 * len(class_names) + 1.2))
+    height = 0.4 if instance else 0.7
+    colors = colorize(rows) / 255.0
+    axis.barh(rows - (height / 2 if instance else 0), np.nan_to_num(ious), height, color=colors, edgecolor="black",
+              linewidth=0.4, label="IoU")
+    if instance:
+        per_class = instance.get("per_class", {})
+        aps = [(per_class.get(name) or {}).get("0.5") if index > 0 else None for index, name in enumerate(class_names)]
+        aps = [np.nan if value is None else 100 * value for value in aps]
+        axis.barh(rows + height / 2, np.nan_to_num(aps), height, color="white", edgecolor=colors, hatch="///",
+                  linewidth=0.8, label="AP^r@0.5")
+    for row, value in zip(rows, ious):
+        axis.text((0 if np.isnan(value) else value) + 1, row, "n/a" if np.isnan(value) else f"{value:.1f}",
+                  va="center", fontsize=7)
+    if semantic.get("mean_iou") is not None:
+        axis.axvline(100 * semantic["mean_iou"], color="gray", linestyle="--", linewidth=1,
+                     label=f"mean IoU {100 * semantic['mean_iou']:.1f}")
+    axis.set(yticks=rows, yticklabels=class_names, xlim=(0, 105), xlabel="%", title="per-class scores")
+    axis.invert_yaxis()
+    axis.legend(loc="lower right", fontsize=7)
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=110)
+    plt.close(figure)
+    return Path(out_path)

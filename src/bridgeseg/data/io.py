@@ -94,3 +94,13 @@ def write_label(path: str | Path, label: np.ndarray, palette: np.ndarray | None 
     image.putpalette((voc_palette() if palette is None else palette).reshape(-1).tolist())
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+
+
+def read_split_stems(path: str | Path) -> list[str]:
+    """Image stems of a split list file: one id (or path) per line, first column; Cityscapes'
+    ``_leftImg8bit`` suffix is dropped so that stems match label and prediction files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} does not exist; give a text file with one image id per line")
+    return [Path(line.split()[0]).name.removesuffix("_leftImg8bit") for line in path.read_text().splitlines()
+            if line.strip()]

@@ -7,28 +7,20 @@ prediction (confusion matrix); for models with a localization head, the grouping
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import InstanceConfig
+from ..config import EvalConfig, InstanceConfig
 from ..data.instances import instances_from_maps
 from ..evaluation.instance import InstanceEvaluator
 from ..evaluation.semantic import SemanticEvaluator
-from ..grouping import GroupingParams, Instances, group_instances
-from ..models.fcrn import resize_to_input
+from ..grouping import GroupingParams, group_instances
+from ..inference import ImageMaps, predict_maps
 from ..targets import box_targets
 from . import distributed
 
 ORACLES = ("semantic", "localization", "both")
-
-
-def grouping_params(config: InstanceConfig) -> GroupingParams:
-    return GroupingParams(top_n=config.top_n, nms_threshold=config.nms_threshold,
-                          region_nms_threshold=config.region_nms_threshold,
-                          min_cluster_size=config.min_cluster_size, max_instances=config.max_instances)
 
 
 def oracle_probabilities(semantic: torch.Tensor, num_classes: int, stride: int) -> torch.Tensor:
@@ -49,32 +41,6 @@ def oracle_transforms(instance: torch.Tensor, semantic: torch.Tensor, num_classe
     index = (classes - 1).clamp(min=0)
     maps[index[has_target], :, *has_target.nonzero(as_tuple=True)] = targets.transforms[0].permute(1, 2, 0)[has_target]
     return maps.view(4 * (num_classes - 1), h, w)
-
-
-@dataclass
-class ImageMaps:
-    """Dense predictions of one image on a grid of ``stride`` input pixels: ``probs`` (C, h, w)
-    class probabilities, ``transforms`` (4 (C - 1), h, w) box transforms, ``semantic`` (H, W)
-    the per-pixel class at image resolution; a map the model does not produce is None."""
-
-    probs: torch.Tensor | None
-    transforms: torch.Tensor | None
-    stride: int
-    semantic: torch.Tensor | None
-
-
-@torch.no_grad()
-def image_maps(model: nn.Module, image: torch.Tensor, output_stride: int) -> ImageMaps:
-    """Run ``model`` on one normalised image (1, 3, H, W)."""
-    outputs = model(image)
-    probs = semantic = transforms = None
-    if "semantic" in outputs:
-        logits = outputs["semantic"].float()
-        semantic = resize_to_input(logits, tuple(image.shape[-2:]), output_stride).argmax(dim=1)[0]
-        probs = torch.softmax(logits[0], dim=0)
-    if "localization" in outputs:
-        transforms = outputs["localization"][0].float()
-    return ImageMaps(probs, transforms, output_stride, semantic)
 
 
 def apply_oracle(maps: ImageMaps | None, oracle: str, semantic: torch.Tensor, instance: torch.Tensor,
@@ -112,6 +78,8 @@ def evaluate_model(model: nn.Module | None, loader, class_names: tuple[str, ...]
         class_names: C names, background first.
         instance_config: grouping and protocol; None skips instance evaluation.
         oracle: None, ``semantic``, ``localization`` or ``both`` (see ``apply_oracle``).
+        eval_config: multi-view testing and sliding window (``scales``, ``flip``, ``tile_size``,
+            ``tile_overlap``); None = one whole view.
 
     Returns:
         ``{"semantic": {...}}`` plus ``"instance": {...}`` when instances are evaluated.
@@ -119,12 +87,16 @@ def evaluate_model(model: nn.Module | None, loader, class_names: tuple[str, ...]
     num_classes = len(class_names)
     semantic_evaluator = SemanticEvaluator(num_classes)
     instance_evaluator = InstanceEvaluator(list(class_names), instance_config.protocol) if instance_config else None
-    params = grouping_params(instance_config) if instance_config else None
+    params = GroupingParams.from_config(instance_config) if instance_config else None
+    views = eval_config or EvalConfig()
     if model is not None:
         model.eval()
     for batch in tqdm(loader, desc=description, unit="img", disable=not progress, leave=False):
         semantic = batch["semantic"][0].to(device)
-        maps = image_maps(model, batch["image"].to(device), output_stride) if model is not None else None
+        maps = None
+        if model is not None:
+            maps = predict_maps(model, batch["image"].to(device), output_stride, views.scales, views.flip,
+                                views.tile_size, views.tile_overlap)
         if oracle is not None:
             maps = apply_oracle(maps, oracle, semantic, batch["instance"][0].to(device), num_classes, output_stride)
         if maps.semantic is None:
@@ -150,29 +122,6 @@ def evaluate_model(model: nn.Module | None, loader, class_names: tuple[str, ...]
     return results
 
 
-def predict_instances(maps: ImageMaps, image_size: tuple[int, int], config: InstanceConfig) -> Instances:
-    """Group one image's maps into instances."""
-    return group_instances(maps.probs, maps.transforms, maps.stride, image_size, grouping_params(config))
-
-
-def load_trained_model(checkpoint_path, device: torch.device):
-    """A model and its class names from a training checkpoint (architecture from the checkpoint).
-
-    Returns:
-        ``(model in eval mode, class_names, model_config)``.
-    """
-    from ..config import config_from_dict
-    from ..engine.checkpoint import load_checkpoint
-    from ..models import build_model
-
-    state = load_checkpoint(checkpoint_path, map_location="cpu")
-    trained = config_from_dict(state["config"])
-    class_names = tuple(state["class_names"])
-    model = build_model(trained.model, len(class_names), load_weights=False)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), class_names, trained.model
-
-
 def evaluate_config(config, checkpoint_path=None, oracle: str | None = None, device: str = "auto",
                     progress: bool = True) -> tuple[dict, tuple[str, ...]]:
     """Evaluate a checkpoint (or an oracle) on ``config``'s evaluation split.
@@ -183,14 +132,15 @@ def evaluate_config(config, checkpoint_path=None, oracle: str | None = None, dev
         ``(results, class_names)`` with results ``{"semantic": {...}, "instance"?: {...}}``.
     """
     from ..data.loading import build_dataset, evaluation_loader
+    from .checkpoint import load_trained_model
     from .train import resolve_device
 
     device = resolve_device(device if device != "auto" else config.train.device)
     model, output_stride = None, config.model.output_stride
     if checkpoint_path is not None:
-        model, class_names, model_config = load_trained_model(checkpoint_path, device)
-        output_stride = model_config.output_stride
-        arch = model_config.arch
+        model, class_names, trained = load_trained_model(checkpoint_path, device)
+        output_stride = trained.model.output_stride
+        arch = trained.model.arch
     elif oracle == "both":
         arch = "joint"
     else:
@@ -209,5 +159,6 @@ def evaluate_config(config, checkpoint_path=None, oracle: str | None = None, dev
                          "dataset with the same classes")
     loader = evaluation_loader(config.data, dataset, limit=config.eval.max_images)
     results = evaluate_model(model, loader, class_names, device, output_stride,
-                             config.instance if instances else None, oracle=oracle, progress=progress)
+                             config.instance if instances else None, oracle=oracle, progress=progress,
+                             eval_config=config.eval)
     return results, class_names

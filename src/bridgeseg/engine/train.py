@@ -9,7 +9,8 @@ times faster than the backbone.
 Nothing is lost: every ``checkpoint_every`` steps ``<out>/last.pt`` is written atomically with
 everything needed to continue (model, optimizer, AMP scaler, RNG state, step; the data order is a
 function of the step), and a run started again with the same ``--out`` resumes exactly where it
-was. Logs go to ``<out>/metrics.jsonl`` (one JSON object per line) and ``<out>/curves.png``.
+was. Logs go to ``<out>/metrics.jsonl`` (one JSON object per line), ``<out>/curves.png`` and
+``<out>/class_scores.png`` (per-class IoU of the final evaluation).
 Under ``torchrun`` (see ``distributed.py``) only rank 0 logs and writes.
 """
 
@@ -30,7 +31,7 @@ from ..config import Config, TrainConfig, save_config
 from ..data.loading import BadSampleError, build_dataset, evaluation_loader, training_loader
 from ..losses import SegmentationLoss
 from ..models import build_model
-from ..visualize import plot_training_curves
+from ..visualize import plot_class_scores, plot_training_curves
 from . import distributed
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .evaluate import evaluate_model
@@ -277,5 +278,6 @@ def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bo
     log.write({"step": step, "eval": metrics, "final": True})
     if main_process:
         plot_training_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
+        plot_class_scores(metrics, class_names, out_dir / "class_scores.png")
     distributed.barrier()
     return TrainResult(out_dir, final_path, step, seconds, metrics)

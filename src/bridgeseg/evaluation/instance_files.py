@@ -21,7 +21,7 @@ import torch
 
 from ..data.cityscapes import THING_LABEL_IDS, THING_NAMES, read_instance_ids, thing_instances
 from ..data.instances import instances_from_maps
-from ..data.io import read_label
+from ..data.io import read_label, read_split_stems
 from ..data.sbd import read_sbd_instances
 from ..data.voc import read_class_names
 from ..formats import read_instance_txt
@@ -86,14 +86,6 @@ class _GroundTruth:
         return np.array([self.dataset_ids[int(i)] for i in class_ids], dtype=np.int64)
 
 
-def _split_stems(split: str | Path) -> list[str]:
-    path = Path(split)
-    if not path.is_file():
-        raise FileNotFoundError(f"split list {path} does not exist")
-    return [Path(line.split()[0]).name.removesuffix("_leftImg8bit") for line in path.read_text().splitlines()
-            if line.strip()]
-
-
 def score_instance_folders(gt_dir: str | Path, gt_format: str, pred_dir: str | Path, protocol: str = "sds",
                            split: str | Path | None = None, progress: bool = False) -> dict:
     """mAP^r of ``PRED/<stem>.txt`` files against every ground-truth image (or those of ``split``).
@@ -105,7 +97,7 @@ def score_instance_folders(gt_dir: str | Path, gt_format: str, pred_dir: str | P
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_dir} does not exist")
-    stems = _split_stems(split) if split is not None else list(truth.files)
+    stems = read_split_stems(split) if split is not None else list(truth.files)
     missing = [pred_dir / f"{stem}.txt" for stem in stems if not (pred_dir / f"{stem}.txt").is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(stems)} images have no prediction file, e.g. {missing[0]} "

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bridgeseg.data.io import read_label
+from bridgeseg.data.io import read_label, read_split_stems
 
 VOC_NUM_CLASSES = 21
 CLASSES_FILE = "classes.txt"
@@ -356,7 +356,7 @@ def _score_pair(gt_file: Path, pred_file: Path, num_classes: int, ignore_index: 
 
 
 def score_semantic_folders(gt_dir: str | Path, pred_dir: str | Path, num_classes: int | None = None,
-                           ignore_index: int = 255, progress: bool = False) -> dict:
+                           ignore_index: int = 255, progress: bool = False, split: str | Path | None = None) -> dict:
     """Score a folder of predicted label PNGs against a folder of ground-truth label PNGs.
 
     Files are matched by stem (``gt/2007_000063.png`` <-> ``pred/2007_000063.png``); every ``*.png``
@@ -370,9 +370,11 @@ def score_semantic_folders(gt_dir: str | Path, pred_dir: str | Path, num_classes
             first) from ``gt_dir`` or its parent, falling back to 21 (PASCAL VOC).
         ignore_index: ground-truth value of void pixels.
         progress: show a tqdm progress bar.
+        split: a list file of image ids (e.g. VOC's ``ImageSets/Segmentation/val.txt``): only
+            those ground-truth files are scored; None scores every PNG of ``gt_dir``.
 
     Returns:
-        The dict of ``metrics_from_confusion`` over the whole folder.
+        The dict of ``metrics_from_confusion`` over the whole folder (or split).
 
     Raises:
         FileNotFoundError: a folder is missing or holds no PNG, or a prediction is missing.
@@ -380,6 +382,14 @@ def score_semantic_folders(gt_dir: str | Path, pred_dir: str | Path, num_classes
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     gt_files = _png_files(gt_dir, "ground-truth")
+    if split is not None:
+        by_stem = {path.stem: path for path in gt_files}
+        stems = read_split_stems(split)
+        absent = [stem for stem in stems if stem not in by_stem]
+        if absent:
+            raise FileNotFoundError(f"{len(absent)} image(s) of split {split} have no ground truth in {gt_dir}, "
+                                    f"e.g. {gt_dir / (absent[0] + '.png')}")
+        gt_files = [by_stem[stem] for stem in stems]
     _png_files(pred_dir, "prediction")
     pred_files = _match_predictions(gt_files, pred_dir)
     num_classes, num_classes_source = _resolve_num_classes(gt_dir, num_classes)
