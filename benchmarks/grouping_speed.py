@@ -2,7 +2,10 @@
 pass on the same image, side by side in one run, and how grouping grows with image size and the
 number of instances.
 
-    python benchmarks/grouping_speed.py [--size 512] [--classes 21] [--instances 10] [--repeats 5]
+    python benchmarks/grouping_speed.py [--size 512] [--width W] [--classes 21] [--instances 10] [--repeats 5]
+                                        [--device cpu|cuda] [--no-table]
+
+(``--size 1024 --width 2048`` gives a Cityscapes-sized frame.)
 
 Target (issue 3): grouping at most 0.10 of the forward pass (CPU, 512 x 512, 20 classes, ~10 instances).
 Maps are realistic rather than oracle: softened, noisy class scores and transforms of ground-truth
@@ -25,16 +28,19 @@ from bridgeseg.targets import box_targets
 from common import describe_device, synchronize
 
 
-def scene(size: int, classes: int, instances: int, seed: int = 0):
-    """Random rectangles and discs of random classes: (instance map, class map), (H, W) long."""
+def scene(size: int, classes: int, instances: int, seed: int = 0, width: int | None = None):
+    """Random rectangles of random classes: (instance map, class map), (size, width or size) long."""
     generator = torch.Generator().manual_seed(seed)
-    instance = torch.zeros(size, size, dtype=torch.long)
-    semantic = torch.zeros(size, size, dtype=torch.long)
+    width = width or size
+    instance = torch.zeros(size, width, dtype=torch.long)
+    semantic = torch.zeros(size, width, dtype=torch.long)
     rows = torch.arange(size).view(-1, 1)
-    cols = torch.arange(size).view(1, -1)
+    cols = torch.arange(width).view(1, -1)
     for k in range(1, instances + 1):
-        h, w = (torch.randint(size // 10, size // 3, (2,), generator=generator)).tolist()
-        y, x = torch.randint(0, size - h, (1,), generator=generator).item(), torch.randint(0, size - w, (1,), generator=generator).item()
+        h = int(torch.randint(size // 10, size // 3, (1,), generator=generator))
+        w = int(torch.randint(width // 10, width // 3, (1,), generator=generator))
+        y = int(torch.randint(0, size - h, (1,), generator=generator))
+        x = int(torch.randint(0, width - w, (1,), generator=generator))
         mask = (rows >= y) & (rows < y + h) & (cols >= x) & (cols < x + w)
         instance[mask] = k
         semantic[mask] = int(torch.randint(1, classes, (1,), generator=generator))
@@ -70,7 +76,9 @@ def median_seconds(function, repeats: int, device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=512, help="image height (and width unless --width)")
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--no-table", dest="table", action="store_false", help="skip the size x instances table")
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--instances", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
@@ -80,24 +88,28 @@ def main() -> None:
     stride = 8
     model = build_model(ModelConfig(arch="joint", depth=50, output_stride=stride, kernel=3, dilation=12, init="random"),
                         args.classes).to(device).eval()
-    image = torch.randn(1, 3, args.size, args.size, device=device)
+    width = args.width or args.size
+    image = torch.randn(1, 3, args.size, width, device=device)
     with torch.no_grad():
         forward = median_seconds(lambda: model(image), args.repeats, device)
 
-    def grouping_time(size: int, instances: int) -> tuple[float, int]:
-        instance, semantic = scene(size, args.classes, instances)
+    def grouping_time(size: int, instances: int, width: int | None = None) -> tuple[float, int]:
+        instance, semantic = scene(size, args.classes, instances, width=width)
         probs, transforms = noisy_maps(instance, semantic, args.classes, stride)
         probs, transforms = probs.to(device), transforms.to(device)
-        found = group_instances(probs, transforms, stride, (size, size), GroupingParams())
-        return median_seconds(lambda: group_instances(probs, transforms, stride, (size, size), GroupingParams()),
+        shape = tuple(semantic.shape)
+        found = group_instances(probs, transforms, stride, shape, GroupingParams())
+        return median_seconds(lambda: group_instances(probs, transforms, stride, shape, GroupingParams()),
                               args.repeats, device), len(found)
 
-    seconds, found = grouping_time(args.size, args.instances)
-    print(f"device: {describe_device(device)}; {args.size}x{args.size} image, {args.classes} classes, "
+    seconds, found = grouping_time(args.size, args.instances, width)
+    print(f"device: {describe_device(device)}; {args.size}x{width} image, {args.classes} classes, "
           f"{args.instances} instances, output stride {stride}")
     print(f"  FCRN-50 (joint, OS 8) forward: {forward * 1000:8.1f} ms")
     print(f"  grouping (steps 2-6):          {seconds * 1000:8.1f} ms  ({found} instances found)")
     print(f"  ratio grouping / forward:      {seconds / forward:.3f}  (target <= 0.10)")
+    if not args.table:
+        return
     print("\n  grouping time by image size and number of instances (ms):")
     sizes, counts = (256, 512, 1024), (1, 10, 30)
     print("  " + "size \\ instances".rjust(18) + "".join(f"{c:>9}" for c in counts))

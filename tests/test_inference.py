@@ -392,6 +392,17 @@ def test_batch_equals_one_by_one(checkpoint):
         _same(prediction, colour(image))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_predictions_match_cpu(checkpoint):
+    image = np.random.default_rng(2).integers(0, 256, (96, 120, 3), dtype=np.uint8)
+    settings = dict(scales=(0.75, 1.0), flip=True, tile_size=64)
+    on_cpu = Predictor.from_checkpoint(checkpoint, device="cpu", **settings)(image, return_probs=True)
+    on_gpu = Predictor.from_checkpoint(checkpoint, device="cuda", **settings)(image, return_probs=True)
+    np.testing.assert_allclose(on_gpu.probs, on_cpu.probs, atol=1e-2)  # cuDNN may use TF32
+    assert (on_gpu.semantic == on_cpu.semantic).mean() > 0.99
+    assert on_gpu.instances.masks.device.type == "cpu"
+
+
 # ------------------------------------------------------------------------------------------------
 # JSON and RLE
 # ------------------------------------------------------------------------------------------------
