@@ -24,8 +24,9 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
 benchmarks: $(STAMP)
-	$(BIN)/python benchmarks/bootstrap_overhead.py
-	$(BIN)/python benchmarks/fcrn_vs_deeplabv3.py
+	cd benchmarks && for script in bootstrap_overhead fcrn_vs_deeplabv3 grouping_speed \
+	    instances_vs_connected_components multiview_cost sliding_window; do \
+	  echo "=== $$script"; ../$(BIN)/python $$script.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-output src/*.egg-info

@@ -4,7 +4,8 @@ of one class touch or overlap, from the same semantic maps. mAP^r@0.5 and @0.7 o
     python benchmarks/instances_vs_connected_components.py [--checkpoint CKPT] [--images 200]
 
 Semantic maps: the ground truth with its void band filled by the nearest labelled pixel (so that
-touching instances really touch, as in a prediction). Instances from:
+touching instances really touch, as in a prediction; the instance map is filled the same way, so
+that the true transforms cover the filled pixels too). Instances from:
   * connected components (8-connected) of each class's mask;
   * our grouping with ground-truth transforms (what perfect localization gives);
   * our grouping with a trained localization head's transforms (``--checkpoint``, e.g. the demo's
@@ -29,11 +30,11 @@ from bridgeseg.evaluation.instance import InstanceEvaluator
 from bridgeseg.grouping import GroupingParams, group_instances
 
 
-def filled(semantic: np.ndarray) -> np.ndarray:
-    """Replace void (255) by the nearest labelled pixel's class."""
+def filled(semantic: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both maps with every void (255) pixel given the class and instance of the nearest labelled pixel."""
     void = semantic == 255
     _, (rows, cols) = scipy.ndimage.distance_transform_edt(void, return_indices=True)
-    return semantic[rows, cols]
+    return semantic[rows, cols], instance[rows, cols]
 
 
 def connected_components(semantic: np.ndarray, num_classes: int):
@@ -74,11 +75,13 @@ def main() -> None:
         instance_t = torch.from_numpy(instance.astype(np.int64))
         gt_masks, gt_labels, void = instances_from_maps(instance_t, semantic_t, num_classes)
         touching_pairs += int(len(gt_labels) - len(torch.unique(gt_labels)))
-        dense = torch.from_numpy(filled(semantic).astype(np.int64))
+        dense_semantic, dense_instance = filled(semantic, instance)
+        dense = torch.from_numpy(dense_semantic.astype(np.int64))
         probs = oracle_probabilities(dense, num_classes, 1)
         masks, labels = connected_components(dense.numpy(), num_classes)
         evaluators["connected components"].process(masks, labels, torch.ones(len(labels)), gt_masks, gt_labels, void)
-        found = group_instances(probs, oracle_transforms(instance_t, semantic_t, num_classes, 1), 1,
+        true_transforms = oracle_transforms(torch.from_numpy(dense_instance.astype(np.int64)), dense, num_classes, 1)
+        found = group_instances(probs, true_transforms, 1,
                                 tuple(dense.shape), params)
         evaluators["grouping, true transforms"].process(found.masks, found.labels, found.scores, gt_masks,
                                                          gt_labels, void)

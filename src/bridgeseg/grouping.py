@@ -35,9 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torchvision.ops import box_iou, nms
 
+from .models.fcrn import resize_to_input
 from .targets import decode_boxes
 
 MASK_THRESHOLD = 0.5  # an upsampled cluster indicator >= this is inside the instance mask
@@ -448,19 +448,12 @@ def upsample_masks(masks: torch.Tensor, stride: int, image_size: tuple[int, int]
     Returns:
         (K, H, W) bool (``masks`` itself when the grid already has the image's size).
     """
-    count, rows, cols = masks.shape
-    height, width = image_size
-    if (rows, cols) == (height, width):
+    if tuple(masks.shape[-2:]) == tuple(image_size):
         return masks
-    full = ((rows - 1) * stride + 1, (cols - 1) * stride + 1)
-    pad_h, pad_w = max(height - full[0], 0), max(width - full[1], 0)
-    out = torch.zeros(count, height, width, dtype=torch.bool, device=masks.device)
-    for start in range(0, count, _UPSAMPLE_CHUNK):
+    out = torch.zeros(masks.shape[0], *image_size, dtype=torch.bool, device=masks.device)
+    for start in range(0, masks.shape[0], _UPSAMPLE_CHUNK):
         chunk = masks[start:start + _UPSAMPLE_CHUNK].unsqueeze(0).float()
-        resized = F.interpolate(chunk, size=full, mode="bilinear", align_corners=True)
-        if pad_h or pad_w:
-            resized = F.pad(resized, (0, pad_w, 0, pad_h), mode="replicate")
-        out[start:start + _UPSAMPLE_CHUNK] = resized[0, :, :height, :width] >= MASK_THRESHOLD
+        out[start:start + _UPSAMPLE_CHUNK] = resize_to_input(chunk, image_size, stride)[0] >= MASK_THRESHOLD
     return out
 
 

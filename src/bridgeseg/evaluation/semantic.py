@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from bridgeseg.data.io import read_label, read_split_stems
+from bridgeseg.data.voc import read_class_names
 
 VOC_NUM_CLASSES = 21
 CLASSES_FILE = "classes.txt"
@@ -291,15 +292,6 @@ def _png_files(directory: Path, role: str) -> list[Path]:
     return files
 
 
-def _count_classes_file(path: Path) -> int:
-    names = [line.strip() for line in path.read_text().splitlines()]
-    count = sum(1 for name in names if name)
-    if count == 0:
-        raise ValueError(f"{path} lists no class; write one class name per line (background first) "
-                         "or pass num_classes")
-    return count
-
-
 def resolve_num_classes(gt_dir: str | Path, num_classes: int | None = None) -> int:
     """``num_classes`` if given, else the line count of ``classes.txt`` in ``gt_dir`` or its parent, else 21."""
     return _resolve_num_classes(Path(gt_dir), num_classes)[0]
@@ -313,7 +305,7 @@ def _resolve_num_classes(gt_dir: Path, num_classes: int | None) -> tuple[int, st
     for folder in (gt_dir, gt_dir.parent):
         candidate = folder / CLASSES_FILE
         if candidate.is_file():
-            return _count_classes_file(candidate), f"from {candidate}"
+            return len(read_class_names(folder)), f"from {candidate}"
     return VOC_NUM_CLASSES, f"the PASCAL VOC default; no {CLASSES_FILE} in {gt_dir} or its parent"
 
 
