@@ -14,6 +14,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torchvision
@@ -58,7 +59,7 @@ def peak_memory(name: str, args) -> float:
     code = (f"import sys; sys.argv = {argv!r};"
             "import fcrn_vs_deeplabv3 as b; b.main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=__file__.rsplit("/", 1)[0])
+                            cwd=Path(__file__).resolve().parent)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
@@ -96,12 +97,14 @@ def main() -> None:
         measure(args.measure, args)
         return
     device = torch.device(args.device)
+    names = (f"fcrn{args.depth}", f"deeplabv3_resnet{args.depth}")
+    # memory first: on Linux a child process starts with its parent's peak RSS (ru_maxrss survives
+    # fork and exec), so the parent must not have run the big models yet
+    memory = {name: peak_memory(name, args) for name in names}
     images = torch.randn(args.batch, 3, args.size, args.size, device=device)
     labels = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
-    names = (f"fcrn{args.depth}", f"deeplabv3_resnet{args.depth}")
     steps = {name: step_for(name, make(name, args.classes).to(device), images, labels, args.amp) for name in names}
     medians = interleaved_medians(steps, device, warmup=1, rounds=args.rounds)
-    memory = {name: peak_memory(name, args) for name in names}
     print(f"device: {describe_device(device)}; batch {args.batch} x {args.size}x{args.size}, output stride 8, "
           f"{args.classes} classes, forward + backward + SGD step, amp {args.amp}")
     for name in names:

@@ -46,6 +46,8 @@ def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
     ("model:\n  depth: 20\n", "model.depth = 20 is not valid; choose one of \\[18, 34, 50, 101, 152\\]"),
     ("model:\n  output_stride: 4\n", "model.output_stride = 4 is not valid"),
     ("model:\n  kernel: 4\n", "model.kernel"),
+    ("model:\n  width: 20\n", "model.width = 20 is not valid: use a multiple of 8"),
+    ("model:\n  width: 32\n  init: imagenet\n", "set model.init=random or model.width=64"),
     ("loss:\n  threshold: 1.5\n", "loss.threshold = 1.5 is out of range"),
     ("loss:\n  threshold: 0\n", "loss.threshold = 0.0 is out of range: it must be > 0"),
     ("train:\n  batch_size: 0\n", "train.batch_size = 0 is out of range"),

@@ -149,7 +149,7 @@ def test_synthetic_scenes_have_what_the_demo_needs():
     pixels = np.zeros(len(CLASS_NAMES))
     for _ in range(100):
         image, semantic, instance = render_scene(rng, spec)
-        assert image.shape == (64, 64, 3) and semantic.shape == instance.shape == (64, 64)
+        assert image.shape == (128, 128, 3) and semantic.shape == instance.shape == (128, 128)
         assert np.array_equal(semantic == 255, instance == 255)  # one void band in both maps
         pixels += np.bincount(semantic.ravel(), minlength=256)[:len(CLASS_NAMES)]
         ids = [i for i in np.unique(instance) if i not in (0, 255)]
@@ -192,3 +192,21 @@ def test_colour_does_not_tell_the_class():
     accuracy = (guesses == labels[half:]).mean()
     majority = np.bincount(labels[half:]).max() / len(labels[half:])
     assert accuracy <= majority + 0.05
+
+
+def test_generated_dataset_is_the_same_with_any_number_of_workers(tmp_path):
+    from bridgeseg.data.synthetic import generate_dataset
+
+    spec = SceneSpec.for_size(48)
+    one = generate_dataset(tmp_path / "one", 5, 3, seed=4, spec=spec, workers=1)
+    two = generate_dataset(tmp_path / "two", 5, 3, seed=4, spec=spec, workers=2)
+    more_train = generate_dataset(tmp_path / "more", 7, 3, seed=4, spec=spec, workers=2)
+    files = sorted(path.relative_to(one) for path in one.rglob("*") if path.is_file())
+    assert len(files) == 3 * 8 + 3
+    for name in files:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    for name in ("val_00000", "val_00002"):  # validation scenes do not depend on the training count
+        assert (one / "SegmentationClass" / f"{name}.png").read_bytes() == \
+            (more_train / "SegmentationClass" / f"{name}.png").read_bytes()
+    different = generate_dataset(tmp_path / "other", 5, 3, seed=5, spec=spec, workers=1)
+    assert (one / "JPEGImages" / "train_00000.jpg").read_bytes() != (different / "JPEGImages" / "train_00000.jpg").read_bytes()

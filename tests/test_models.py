@@ -30,16 +30,16 @@ def test_backbone_shapes_and_feature_info(depth, output_stride):
         assert feature.shape[-2:] == (math.ceil(height / stride), math.ceil(width / stride)), name
 
 
-@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("depth,width", [(18, 64), (50, 64), (18, 16), (50, 24)])
 @pytest.mark.parametrize("output_stride", [8, 16])
-def test_dilation_is_exact_hole_algorithm(depth, output_stride):
+def test_dilation_is_exact_hole_algorithm(depth, width, output_stride):
     """Same weights, eval mode: the dilated net at every (32 / OS)-th position equals the OS-32 net."""
     torch.manual_seed(0)
-    reference = DilatedResNet(depth, 32).eval()
-    dilated = DilatedResNet(depth, output_stride).eval()
-    dilated.load_state_dict(reference.state_dict())
-    for module in reference.modules():  # non-trivial BN statistics so that a mismatch would show
+    reference = DilatedResNet(depth, 32, width=width).eval()
+    dilated = DilatedResNet(depth, output_stride, width=width).eval()
+    for module in reference.modules():  # non-trivial BN (the residual branches start at zero otherwise)
         if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     dilated.load_state_dict(reference.state_dict())
@@ -135,6 +135,20 @@ def test_imagenet_weights_without_network_fail_clearly(monkeypatch):
     monkeypatch.setattr(resnet.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
     with pytest.raises(RuntimeError, match="model.init"):
         build_model(ModelConfig(depth=18, init="imagenet"), 3)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_narrow_resnet_channels_and_pretrained_refusal(depth, tmp_path):
+    narrow = DilatedResNet(depth, 8, width=16)
+    full = DilatedResNet(depth, 8)
+    assert narrow.out_channels * 4 == full.out_channels
+    assert [f.channels * 4 for f in narrow.feature_info] == [f.channels for f in full.feature_info]
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters()) / 10
+    assert [name for name, _ in narrow.named_parameters()] == [name for name, _ in full.named_parameters()]
+    with pytest.raises(ValueError, match="width"):
+        narrow.load_torchvision_state_dict(full.state_dict(), source="weights.pth")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        DilatedResNet(depth, 8, width=12)
 
 
 def test_invalid_choices_raise():

@@ -138,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_data_synthetic(args: argparse.Namespace) -> int:
     from .data.synthetic import SceneSpec, generate_dataset
 
-    root = generate_dataset(args.out, args.train, args.val, seed=args.seed, spec=SceneSpec(image_size=args.size),
+    root = generate_dataset(args.out, args.train, args.val, seed=args.seed, spec=SceneSpec.for_size(args.size),
                             progress=True)
     print(f"wrote a synthetic VOC-layout dataset to {root} ({args.train} train / {args.val} val images)")
     return 0
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("demo", help="generate the synthetic dataset, train, evaluate, draw overlays")
     sub.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     sub.add_argument("--minutes", type=float, default=8.0, help="training time budget in minutes (default 8)")
-    sub.add_argument("--train-images", type=int, default=400, help=argparse.SUPPRESS)
+    sub.add_argument("--train-images", type=int, default=3000, help=argparse.SUPPRESS)
     sub.add_argument("--val-images", type=int, default=60, help=argparse.SUPPRESS)
     sub.set_defaults(handler=cmd_demo)
 
@@ -268,9 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     tools = data.add_subparsers(dest="tool", required=True, metavar="TOOL")
     sub = tools.add_parser("synthetic", help="write the synthetic shapes dataset in the VOC layout")
     sub.add_argument("--out", required=True, help="dataset root to write")
-    sub.add_argument("--train", type=int, default=400, help="training images (default 400)")
+    sub.add_argument("--train", type=int, default=3000, help="training images (default 3000, as the demo)")
     sub.add_argument("--val", type=int, default=60, help="validation images (default 60)")
-    sub.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    sub.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     sub.add_argument("--seed", type=int, default=0)
     sub.set_defaults(handler=cmd_data_synthetic)
 

@@ -29,10 +29,13 @@ class ModelConfig:
 
     arch: ``semantic`` (class scores), ``localization`` (box transforms), ``joint`` (one backbone,
         both heads) or ``separate`` (two FCRNs, the paper's arrangement, both trained at once).
+    width: channels of the ResNet's first stage (64 = torchvision's; smaller, a multiple of 8,
+        for CPU-scale work from random weights).
     """
 
     arch: str = "semantic"
     depth: int = 101
+    width: int = 64
     output_stride: int = 8
     kernel: int = 5
     dilation: int = 12
@@ -186,6 +189,7 @@ CHOICES: dict[str, tuple] = {
 
 # (minimum, maximum, inclusive minimum?) for numbers; None = unbounded
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "model.width": (8, None, True),
     "model.dilation": (1, None, True),
     "model.head_channels": (1, None, True),
     "model.head_dropout": (0.0, 1.0, True),
@@ -326,6 +330,12 @@ def config_from_dict(raw: dict[str, Any] | None) -> Config:
 
 def _check_consistency(config: Config) -> None:
     data = config.data
+    model = config.model
+    if model.width % 8:
+        raise ConfigError(f"model.width = {model.width} is not valid: use a multiple of 8 (64 = torchvision's ResNet)")
+    if model.width != 64 and model.init != "random":
+        raise ConfigError(f"model.width = {model.width} cannot load pretrained weights (model.init = {model.init!r}); "
+                          "pretrained ResNets have width 64: set model.init=random or model.width=64")
     if data.scale_min > data.scale_max:
         raise ConfigError(f"data.scale_min ({data.scale_min}) must not exceed data.scale_max ({data.scale_max})")
     if config.train.deterministic and config.train.time_limit_minutes > 0:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import load_config, packaged_config_dir
 from .data.loading import build_dataset, evaluation_loader
-from .data.synthetic import generate_dataset
+from .data.synthetic import RECORD_FILE, SceneSpec, generate_dataset, generation_record
 from .engine.checkpoint import load_trained_model
 from .engine.train import resolve_device, train
 from .grouping import GroupingParams, group_instances
@@ -29,13 +29,12 @@ OVERLAY_COUNT = 8
 
 
 def _dataset_ready(root: Path, num_train: int, num_val: int) -> bool:
-    lists = root / "ImageSets" / "Segmentation"
+    """Whether ``root`` holds exactly what this version's generator would write for these counts."""
     try:
-        return ((root / "classes.txt").is_file()
-                and len((lists / "train.txt").read_text().split()) == num_train
-                and len((lists / "val.txt").read_text().split()) == num_val)
-    except FileNotFoundError:
+        record = json.loads((root / RECORD_FILE).read_text())
+    except (FileNotFoundError, ValueError):
         return False
+    return record == json.loads(json.dumps(generation_record(num_train, num_val, 0, SceneSpec())))
 
 
 def draw_overlays(model, config, out_dir: Path, count: int = OVERLAY_COUNT) -> list[Path]:
@@ -49,7 +48,8 @@ def draw_overlays(model, config, out_dir: Path, count: int = OVERLAY_COUNT) -> l
     rows, paths = [], []
     for batch in loader:
         image = batch["raw_image"][0].numpy()
-        maps = predict_maps(model, batch["image"].to(device), config.model.output_stride)
+        maps = predict_maps(model, batch["image"].to(device), config.model.output_stride, config.eval.scales,
+                            config.eval.flip, config.eval.tile_size, config.eval.tile_overlap)
         truth = batch["semantic"][0].numpy()
         pictures = [image, semantic_overlay(image, truth), semantic_overlay(image, maps.semantic.cpu().numpy())]
         titles = ["image", "truth", "prediction"]
@@ -69,7 +69,7 @@ def draw_overlays(model, config, out_dir: Path, count: int = OVERLAY_COUNT) -> l
     return paths
 
 
-def run_demo(out_dir: str | Path = "demo-output", minutes: float = 8.0, num_train: int = 400, num_val: int = 60,
+def run_demo(out_dir: str | Path = "demo-output", minutes: float = 8.0, num_train: int = 3000, num_val: int = 60,
              progress: bool = True) -> dict:
     """Run the demo; returns the metrics dict written to ``OUT/metrics.json``."""
     out_dir = Path(out_dir)

@@ -10,14 +10,19 @@ object boundary in both label maps. ``python -m bridgeseg data synthetic --out D
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .io import VOID, write_label
+
+GENERATOR_VERSION = 2  # bump when the same record would give other files
 
 CLASS_NAMES = ("background", "circle", "square", "triangle", "cross", "star")
 CLASS_FREQUENCIES = (0.30, 0.28, 0.24, 0.12, 0.06)  # of foreground instances; star is the rare class
@@ -27,11 +32,19 @@ CLASS_FREQUENCIES = (0.30, 0.28, 0.24, 0.12, 0.06)  # of foreground instances; s
 class SceneSpec:
     """Knobs of the generator (sizes in pixels)."""
 
-    image_size: int = 64
+    @classmethod
+    def for_size(cls, image_size: int) -> "SceneSpec":
+        """The default scene scaled to ``image_size`` pixels (object sizes in proportion)."""
+        default = cls()
+        ratio = image_size / default.image_size
+        return cls(image_size=image_size, min_size=max(4, round(default.min_size * ratio)),
+                   max_size=max(6, round(default.max_size * ratio)))
+
+    image_size: int = 128
     min_objects: int = 2
     max_objects: int = 4
-    min_size: int = 18
-    max_size: int = 36
+    min_size: int = 36
+    max_size: int = 72
     touch_probability: float = 0.5
     min_visible_fraction: float = 0.45
     void_width: int = 1
@@ -159,30 +172,54 @@ def render_scene(rng: np.random.Generator, spec: SceneSpec = SceneSpec()):
     return image, semantic, instance
 
 
+def _write_scene(task: tuple[Path, str, int, int, int, SceneSpec]) -> None:
+    """Render and write one scene; its random stream depends only on (seed, split, index)."""
+    root, name, seed, split_index, index, spec = task
+    image, semantic, instance = render_scene(np.random.default_rng([seed, split_index, index]), spec)
+    Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
+    write_label(root / "SegmentationClass" / f"{name}.png", semantic)
+    write_label(root / "SegmentationObject" / f"{name}.png", instance)
+
+
 def generate_dataset(root: str | Path, num_train: int = 400, num_val: int = 60, seed: int = 0,
-                     spec: SceneSpec = SceneSpec(), progress: bool = False) -> Path:
+                     spec: SceneSpec = SceneSpec(), progress: bool = False, workers: int | None = None) -> Path:
     """Write a synthetic dataset in the VOC layout under ``root``; returns ``root``.
 
     Writes ``JPEGImages/*.jpg``, ``SegmentationClass/*.png``, ``SegmentationObject/*.png``,
-    ``ImageSets/Segmentation/{train,val}.txt`` and ``classes.txt``. Same seed, same files.
+    ``ImageSets/Segmentation/{train,val}.txt`` and ``classes.txt``. Every scene has its own random
+    stream from (seed, split, index): same seed, same files, with any number of ``workers``
+    (processes; None = one per CPU), and the validation scenes do not depend on ``num_train``.
     """
     root = Path(root)
     for folder in ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     splits = {"train": num_train, "val": num_val}
     names = {split: [f"{split}_{i:05d}" for i in range(n)] for split, n in splits.items()}
-    total = num_train + num_val
-    iterator = [(split, name) for split in splits for name in names[split]]
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(iterator, total=total, desc="generating scenes", unit="img")
-    for split, name in iterator:
-        image, semantic, instance = render_scene(rng, spec)
-        Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
-        write_label(root / "SegmentationClass" / f"{name}.png", semantic)
-        write_label(root / "SegmentationObject" / f"{name}.png", instance)
+    tasks = [(root, name, seed, split_index, index, spec) for split_index, split in enumerate(splits)
+             for index, name in enumerate(names[split])]
+    workers = min(len(tasks), workers or os.cpu_count() or 1)
+    from tqdm import tqdm
+
+    with tqdm(total=len(tasks), desc="generating scenes", unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            for task in tasks:
+                _write_scene(task)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(_write_scene, tasks, chunksize=16):
+                    bar.update()
     for split in splits:
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names[split]) + "\n")
     (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    (root / RECORD_FILE).write_text(json.dumps(generation_record(num_train, num_val, seed, spec), indent=2) + "\n")
     return root
+
+
+RECORD_FILE = "synthetic.json"
+
+
+def generation_record(num_train: int, num_val: int, seed: int, spec: SceneSpec) -> dict:
+    """What ``generate_dataset`` wrote (``ROOT/synthetic.json``): same record, same files."""
+    return {"generator_version": GENERATOR_VERSION, "train": num_train, "val": num_val, "seed": seed,
+            "spec": asdict(spec)}

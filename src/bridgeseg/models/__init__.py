@@ -17,7 +17,8 @@ def head_channels(head: str, num_classes: int) -> int:
 
 
 def _build_fcrn(config: ModelConfig, num_classes: int, heads: tuple[str, ...], load_weights: bool) -> FCRN:
-    backbone = DilatedResNet(config.depth, config.output_stride, config.dropout, config.dropout_blocks)
+    backbone = DilatedResNet(config.depth, config.output_stride, config.dropout, config.dropout_blocks,
+                             config.width)
     if load_weights and config.init == "imagenet":
         backbone.load_imagenet_weights()
     elif load_weights and config.init != "random":

@@ -6,6 +6,10 @@ strided convolution keeps its own dilation and every convolution after the remov
 dilation multiplied by that stride, so a dilated network in eval mode computes, at every
 ``output_stride``-th position, what it would compute at stride 32 (see ``tests/test_models.py``).
 Basic blocks (ResNet-18/34) are converted the same way, which torchvision itself does not support.
+
+``width`` (default 64, torchvision's) sets the channels of the stem and of the first stage; each
+later stage doubles them. Narrower networks (e.g. 16: a 16th of the compute) are for CPU-scale
+work from random initialisation; ImageNet weights exist only for width 64.
 """
 
 from __future__ import annotations
@@ -30,6 +34,47 @@ _BUILDERS = {
 }
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+_BLOCKS = {18: (resnet.BasicBlock, (2, 2, 2, 2)), 34: (resnet.BasicBlock, (3, 4, 6, 3)),
+           50: (resnet.Bottleneck, (3, 4, 6, 3)), 101: (resnet.Bottleneck, (3, 4, 23, 3)),
+           152: (resnet.Bottleneck, (3, 8, 36, 3))}
+
+
+def _resnet_of_width(depth: int, width: int) -> nn.Module:
+    """A ResNet-``depth`` whose stages have width, 2 width, 4 width, 8 width channels (times the
+    block expansion), with torchvision's blocks and module names and zero-initialised residual
+    branches. Width 64 is torchvision's own network."""
+    if width == 64:
+        return _BUILDERS[depth][0](weights=None, zero_init_residual=True)
+    block, counts = _BLOCKS[depth]
+    net = nn.Module()
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.relu = nn.ReLU(inplace=True)
+    net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    channels = width
+    for index, count in enumerate(counts):
+        planes, stride = width * 2 ** index, 1 if index == 0 else 2
+        downsample = None
+        if stride != 1 or channels != planes * block.expansion:
+            downsample = nn.Sequential(resnet.conv1x1(channels, planes * block.expansion, stride),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        blocks = [block(channels, planes, stride, downsample)]
+        channels = planes * block.expansion
+        blocks += [block(channels, planes) for _ in range(count - 1)]
+        setattr(net, f"layer{index + 1}", nn.Sequential(*blocks))
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    for module in net.modules():
+        last_bn = getattr(module, "bn3", None) if isinstance(module, resnet.Bottleneck) else \
+            getattr(module, "bn2", None) if isinstance(module, resnet.BasicBlock) else None
+        if last_bn is not None:
+            nn.init.zeros_(last_bn.weight)
+    return net
 
 
 @dataclass(frozen=True)
@@ -59,18 +104,20 @@ class DilatedResNet(nn.Module):
     """
 
     def __init__(self, depth: int = 101, output_stride: int = 8, dropout: float = 0.0,
-                 dropout_blocks: int = 0) -> None:
+                 dropout_blocks: int = 0, width: int = 64) -> None:
         super().__init__()
         if depth not in _BUILDERS:
             raise ValueError(f"ResNet depth {depth} is not supported; choose one of {DEPTHS}")
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride {output_stride} is not supported; choose one of {OUTPUT_STRIDES}")
+        if width < 8 or width % 8:
+            raise ValueError(f"ResNet width {width} is not supported; use a multiple of 8 (64 = torchvision's)")
         self.depth = depth
+        self.width = width
         self.output_stride = output_stride
-        builder, _ = _BUILDERS[depth]
         # residual branches start at zero (each block the identity): trains faster from random
         # initialisation; loaded weights replace it
-        net = builder(weights=None, zero_init_residual=True)
+        net = _resnet_of_width(depth, width)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
 
@@ -85,7 +132,7 @@ class DilatedResNet(nn.Module):
                 dilation *= 2
             strides[name] = stride
         last_channels = {name: _stage_channels(getattr(self, name)) for name in STAGES[1:]}
-        last_channels["stem"] = 64
+        last_channels["stem"] = width
         self.feature_info = [FeatureInfo(name, last_channels[name], strides[name]) for name in STAGES]
         if dropout > 0 and dropout_blocks > 0:
             _add_dropout(self, dropout, dropout_blocks)
@@ -131,6 +178,9 @@ class DilatedResNet(nn.Module):
 
     def load_torchvision_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Load a state dict keyed like ``torchvision.models.resnetXX`` (conv1.*, layer1.*, fc.*)."""
+        if self.width != 64:
+            raise ValueError(f"{source}: pretrained ResNet weights have width 64 but model.width is {self.width}; "
+                             "use model.init=random with a narrow network, or model.width=64")
         renamed = {}
         for key, value in state.items():
             key = key.removeprefix("module.")
