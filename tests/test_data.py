@@ -202,7 +202,7 @@ def test_generated_dataset_is_the_same_with_any_number_of_workers(tmp_path):
     two = generate_dataset(tmp_path / "two", 5, 3, seed=4, spec=spec, workers=2)
     more_train = generate_dataset(tmp_path / "more", 7, 3, seed=4, spec=spec, workers=2)
     files = sorted(path.relative_to(one) for path in one.rglob("*") if path.is_file())
-    assert len(files) == 3 * 8 + 3
+    assert len(files) == 3 * 8 + 4  # 8 scenes x 3 files, 2 split lists, classes.txt, synthetic.json
     for name in files:
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
     for name in ("val_00000", "val_00002"):  # validation scenes do not depend on the training count
