@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: one short script (about 5 minutes on one H100) for when a GPU machine is lent.
+# The GPU check: one short script for when a GPU machine is lent (sized for about 5 minutes on one
+# H100, well under the 8-minute limit; not yet run on a GPU, as none was lent to the session that wrote it).
 #
 #   bash benchmarks/gpu_check.sh [PYTHON]        # run from the repository root
 #

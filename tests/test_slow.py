@@ -12,14 +12,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_recipe_learns_in_four_minutes(tmp_path):
-    """Four minutes of the demo on a CPU: far above chance on classes, every output written.
+    """Four minutes of the demo on a CPU: far above chance on classes and instances, every output written.
 
-    Chance level: predicting background everywhere gives a mean IoU of about 0.12 (background's
-    IoU ~0.7 over 6 classes); the 8-minute demo measured 0.34 on two cores.
+    Chance level: background everywhere gives a mean IoU of about 0.15 and no instance. Measured on
+    two cores: 0.45 mean IoU and 0.33 mAP^r@0.5 after 4 minutes; 0.69 to 0.74 and 0.61 to 0.72
+    after the demo's 8.
     """
     metrics = run_demo(tmp_path, minutes=4.0, progress=False)
-    assert metrics["semantic"]["mean_iou"] > 0.2
-    assert sum(value > 0.3 for value in metrics["semantic"]["per_class_iou"][1:]) >= 2  # shapes, not just background
+    assert metrics["semantic"]["mean_iou"] > 0.35
+    assert sum(value > 0.3 for value in metrics["semantic"]["per_class_iou"][1:]) >= 3  # shapes, not just background
+    assert metrics["instance"]["mAP_r@0.5"] > 0.15
     assert "instance" in metrics and metrics["instance"]["num_images"] == 60
     for name in ("report.md", "overlays.png", "class_scores.png", "metrics.json", "run/curves.png", "run/final.pt"):
         assert (tmp_path / name).is_file(), name
