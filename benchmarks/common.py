@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import resource
 import statistics
 import time
 
@@ -43,3 +45,20 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU, {torch.get_num_threads()} threads"
+
+
+def peak_memory_mib(function, device: torch.device) -> float:
+    """Peak memory (MiB) that ``function()`` adds: CUDA ``max_memory_allocated`` above what was
+    allocated before, or on the CPU the growth of the process's peak resident set size (so run it
+    in a fresh process: on Linux a child starts with its parent's peak)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        function()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    function()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # Linux: KiB

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import torchvision
 from bridgeseg.config import ModelConfig
 from bridgeseg.models import build_model
 
-from common import describe_device, interleaved_medians
+from common import describe_device, interleaved_medians, peak_memory_mib
 
 
 def make(name: str, classes: int):
@@ -70,16 +69,7 @@ def measure(name: str, args) -> None:
     images = torch.randn(args.batch, 3, args.size, args.size, device=device)
     labels = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
     step = step_for(name, model, images, labels, args.amp)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step(); step()
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        step(); step()
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    print(json.dumps({"peak_mib": peak}))
+    print(json.dumps({"peak_mib": peak_memory_mib(lambda: (step(), step()), device)}))
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -25,7 +24,7 @@ from bridgeseg.grouping import GroupingParams, group_instances
 from bridgeseg.models import build_model
 from bridgeseg.targets import box_targets
 
-from common import describe_device, synchronize
+from common import describe_device, time_steps
 
 
 def scene(size: int, classes: int, instances: int, seed: int = 0, width: int | None = None):
@@ -63,15 +62,7 @@ def noisy_maps(instance, semantic, classes: int, stride: int, seed: int = 0):
 
 
 def median_seconds(function, repeats: int, device) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_steps(function, device, warmup=1, repeats=repeats))
 
 
 def main() -> None:

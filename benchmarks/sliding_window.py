@@ -17,9 +17,7 @@ size, at the price of recomputing the overlaps (tile pixels / image pixels is pr
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -31,7 +29,7 @@ from bridgeseg.config import ModelConfig
 from bridgeseg.inference import predict_maps, tile_origins
 from bridgeseg.models import build_model
 
-from common import describe_device, synchronize
+from common import describe_device, peak_memory_mib, synchronize
 
 
 def tiled_pixels(height: int, width: int, tile: int, stride: int, overlap: float) -> int:
@@ -41,10 +39,6 @@ def tiled_pixels(height: int, width: int, tile: int, stride: int, overlap: float
     rows = [min(tile, height - o) for o in tile_origins(height, tile, stride, overlap)]
     cols = [min(tile, width - o) for o in tile_origins(width, tile, stride, overlap)]
     return sum(rows) * sum(cols)
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def measure(args: argparse.Namespace, tile: int) -> dict:
@@ -61,24 +55,18 @@ def measure(args: argparse.Namespace, tile: int) -> dict:
         synchronize(device)
         return maps
 
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    else:
-        before = _peak_rss_mib()
-    if args.warmup:
+    seconds = 0.0
+
+    def warm_then_timed():
+        nonlocal seconds
+        if args.warmup:
+            run()
+        start = time.perf_counter()
         run()
-    start = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
-        memory = "CUDA max_memory_allocated - allocated before"
-    else:
-        peak = _peak_rss_mib() - before
-        memory = "CPU peak RSS gained"
+        seconds = time.perf_counter() - start
+
+    peak = peak_memory_mib(warm_then_timed, device)
+    memory = "CUDA max_memory_allocated - allocated before" if device.type == "cuda" else "CPU peak RSS gained"
     return {"seconds": seconds, "peak_mib": peak, "memory": memory, "device": describe_device(device)}
 
 

@@ -46,14 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cleanup()
     if main_process:
         print(f"\nfinished {result.steps} steps in {result.seconds / 60:.1f} min; checkpoint {result.checkpoint}")
-        print(metrics_table(result.metrics, _class_names(config)))
+        print(metrics_table(result.metrics, result.class_names))
     return 0
-
-
-def _class_names(config) -> tuple[str, ...]:
-    from .data.voc import read_class_names
-
-    return read_class_names(config.data.root)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

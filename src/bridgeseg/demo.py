@@ -10,20 +10,20 @@ the same recipe on any dataset in the VOC layout.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .config import load_config, packaged_config_dir
-from .data.loading import build_dataset, evaluation_loader
+from .data.loading import build_dataset
 from .data.synthetic import RECORD_FILE, SceneSpec, generate_dataset, generation_record
-from .engine.checkpoint import load_trained_model
-from .engine.train import resolve_device, train
-from .grouping import GroupingParams, group_instances
-from .inference import predict_maps
+from .engine.distributed import resolve_device
+from .engine.train import train
+from .inference import Predictor
 from .report import markdown_metrics, metrics_table
-from .visualize import colorize, plot_class_scores, instance_map_overlay, instance_overlay, panel, semantic_overlay, stack_vertically
+from .visualize import colorize, instance_map_overlay, instance_overlay, panel, semantic_overlay, stack_vertically
 
 OVERLAY_COUNT = 8
 
@@ -37,30 +37,25 @@ def _dataset_ready(root: Path, num_train: int, num_val: int) -> bool:
     return record == json.loads(json.dumps(generation_record(num_train, num_val, 0, SceneSpec())))
 
 
-def draw_overlays(model, config, out_dir: Path, count: int = OVERLAY_COUNT) -> list[Path]:
+def draw_overlays(predictor: Predictor, config, out_dir: Path, count: int = OVERLAY_COUNT) -> list[Path]:
     """Pictures of ``count`` validation images: image | ground truth | prediction (semantic, then
-    instances when the model has a localization head). Returns the files written."""
-    device = next(model.parameters()).device
+    instances when the model has a localization head), predicted with the config's test views.
+    Returns the files written."""
     dataset = build_dataset(config.data, config.data.val_split, with_instances=True)
-    loader = evaluation_loader(config.data, dataset, limit=count, workers=0)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()
     rows, paths = [], []
-    for batch in loader:
-        image = batch["raw_image"][0].numpy()
-        maps = predict_maps(model, batch["image"].to(device), config.model.output_stride, config.eval.scales,
-                            config.eval.flip, config.eval.tile_size, config.eval.tile_overlap)
-        truth = batch["semantic"][0].numpy()
-        pictures = [image, semantic_overlay(image, truth), semantic_overlay(image, maps.semantic.cpu().numpy())]
+    for index in range(min(count, len(dataset))):
+        sample = dataset[index]
+        image = sample["image"]
+        prediction = predictor(image)
+        pictures = [image, semantic_overlay(image, sample["semantic"]), semantic_overlay(image, prediction.semantic)]
         titles = ["image", "truth", "prediction"]
-        if maps.transforms is not None:
-            found = group_instances(maps.probs, maps.transforms, maps.stride, image.shape[:2],
-                                    GroupingParams.from_config(config.instance))
-            pictures += [instance_map_overlay(image, batch["instance"][0].numpy()),
-                         instance_overlay(image, found.masks.cpu().numpy())]
-            titles += ["true instances", f"found: {len(found)}"]
+        if prediction.instances is not None:
+            pictures += [instance_map_overlay(image, sample["instance"]),
+                         instance_overlay(image, prediction.instances.masks.numpy())]
+            titles += ["true instances", f"found: {len(prediction.instances)}"]
         row = panel(pictures, titles, scale=max(1, 192 // image.shape[0]))
-        path = out_dir / f"{batch['name'][0]}.png"
+        path = out_dir / f"{sample['name']}.png"
         row.save(path)
         rows.append(row)
         paths.append(path)
@@ -92,12 +87,13 @@ def run_demo(out_dir: str | Path = "demo-output", minutes: float = 8.0, num_trai
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     print("[3/4] drawing overlays of validation images")
-    model, class_names, _ = load_trained_model(result.checkpoint, resolve_device(config.train.device))
-    overlays = draw_overlays(model, config, out_dir / "overlays")
+    predictor = Predictor.from_checkpoint(result.checkpoint, device=resolve_device(config.train.device))
+    class_names = predictor.class_names
+    overlays = draw_overlays(predictor, config, out_dir / "overlays")
 
     print("[4/4] writing the report")
     report = out_dir / "report.md"
-    plot_class_scores(metrics, class_names, out_dir / "class_scores.png")
+    shutil.copyfile(run_dir / "class_scores.png", out_dir / "class_scores.png")  # drawn by train()
     report.write_text(demo_report(metrics, class_names, result, overlays, out_dir))
     seconds = time.perf_counter() - started
     print()

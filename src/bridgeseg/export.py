@@ -45,9 +45,7 @@ def _load(checkpoint: str | Path) -> tuple[nn.Module, tuple[str, ...], object]:
     from .engine.checkpoint import load_trained_model
 
     model, _, config = load_trained_model(checkpoint)
-    with torch.no_grad():
-        present = model(torch.zeros(1, 3, 2 * config.model.output_stride, 2 * config.model.output_stride))
-    return model, tuple(name for name in OUTPUT_NAMES if name in present), config
+    return model, tuple(name for name in OUTPUT_NAMES if name in model.field_of_view), config
 
 
 def export_onnx(checkpoint: str | Path, path: str | Path, image_size: tuple[int, int] = (512, 512),
@@ -103,15 +101,12 @@ def _check_input(image, config) -> torch.Tensor:
         return torch.randn(1, 3, 97, 131, generator=torch.Generator().manual_seed(0))
     if isinstance(image, torch.Tensor):
         return image.detach().float().cpu()
-    array = image if isinstance(image, np.ndarray) else None
-    if array is None or (array.ndim == 3 and array.dtype == np.uint8):
-        from .inference import load_image
+    if isinstance(image, np.ndarray) and not (image.ndim == 3 and image.dtype == np.uint8):
+        return torch.from_numpy(image).float()  # already normalised
+    from .data.transforms import to_tensors
+    from .inference import load_image
 
-        pixels = torch.from_numpy(np.array(load_image(image), dtype=np.float32)).permute(2, 0, 1).div(255)
-        mean = torch.tensor(config.data.mean).view(3, 1, 1)
-        std = torch.tensor(config.data.std).view(3, 1, 1)
-        return ((pixels - mean) / std).unsqueeze(0)
-    return torch.from_numpy(array).float()
+    return to_tensors({"image": load_image(image)}, config.data.mean, config.data.std)["image"].unsqueeze(0)
 
 
 def check_onnx(checkpoint: str | Path, path: str | Path, image: torch.Tensor | np.ndarray | None = None) -> float:

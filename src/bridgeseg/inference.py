@@ -41,14 +41,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from .config import Config, InstanceConfig
-from .data.io import read_image, voc_palette, write_label
+from .data.io import read_image, write_label
 from .grouping import GroupingParams, Instances, group_instances
-from .visualize import instance_colors, mask_outline, semantic_overlay
+from .engine.distributed import resolve_device
+from .visualize import instance_colors, legend, mask_outline, semantic_overlay, stack_vertically
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 _CHUNK_ELEMENTS = 1 << 22  # floats of one (C, rows, W) block when upsampling to image resolution
@@ -244,8 +245,7 @@ def _interpolation(length: int, cells: int, stride: int, device) -> tuple[torch.
     pixels = torch.arange(length, device=device)
     lower = torch.div(pixels, stride, rounding_mode="floor").clamp(max=cells - 1)
     upper = (lower + 1).clamp(max=cells - 1)
-    weight = ((pixels - lower * stride).float() / stride).clamp(max=1.0)
-    return lower, upper, torch.where(upper == lower, torch.zeros_like(weight), weight)
+    return lower, upper, (pixels - lower * stride).float() / stride  # where upper == lower any weight gives lower
 
 
 def _upsample_columns(maps: torch.Tensor, stride: int, width: int) -> torch.Tensor:
@@ -327,10 +327,17 @@ class _Accumulator:
 
 
 def _transform_weights(probs: torch.Tensor | None, transforms: torch.Tensor) -> torch.Tensor:
-    """(N, 4 (C - 1), h, w) weight of every transform channel: its class's probability (+ a floor)."""
+    """(N, C - 1, h, w) weight of each class's 4 transforms: its probability (+ a floor); ones without probs."""
     if probs is None:
-        return torch.ones_like(transforms)
-    return probs[:, 1:].repeat_interleave(4, dim=1) + _WEIGHT_FLOOR
+        n, channels, h, w = transforms.shape
+        return transforms.new_ones(n, channels // 4, h, w)
+    return probs[:, 1:] + _WEIGHT_FLOOR
+
+
+def _per_class(transforms: torch.Tensor, weights: torch.Tensor, operation) -> torch.Tensor:
+    """(N, 4 (C - 1), h, w) transforms ``operation``-ed with (N, C - 1, h, w) per-class weights."""
+    n, channels, h, w = transforms.shape
+    return operation(transforms.view(n, channels // 4, 4, h, w), weights.unsqueeze(2)).view(n, channels, h, w)
 
 
 def _add_view(accumulator: _Accumulator, model: nn.Module, images: torch.Tensor, view: View, stride: int,
@@ -345,7 +352,7 @@ def _add_view(accumulator: _Accumulator, model: nn.Module, images: torch.Tensor,
     if transforms is not None:
         transforms = undo_view_transforms(transforms, shape[0] / image_size[0], shape[1] / image_size[1], view.flip)
         weights = _transform_weights(probs, transforms)
-        transforms = transforms * weights
+        transforms = _per_class(transforms, weights, torch.mul)
     if not identity:
         grid_shape = (probs if probs is not None else transforms).shape[-2:]
         grid = base_grid_coordinates(image_size, shape, tuple(grid_shape), stride, view.flip, images.device)
@@ -362,7 +369,8 @@ def _combine_views(model: nn.Module, images: torch.Tensor, stride: int, views: S
     for view in views:
         _add_view(accumulator, model, images, view, stride, tile_size, tile_overlap)
     probs = None if accumulator.probs is None else accumulator.probs / accumulator.views
-    transforms = None if accumulator.transforms is None else accumulator.transforms / accumulator.weights
+    transforms = None if accumulator.transforms is None else _per_class(accumulator.transforms, accumulator.weights,
+                                                                         torch.div)
     return probs, transforms
 
 
@@ -527,16 +535,6 @@ class Prediction:
 # ----------------------------------------------------------------------------------------------
 # Predictor
 # ----------------------------------------------------------------------------------------------
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a CUDA device without CUDA is an error."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto")
-    return device
-
 
 def load_image(image) -> np.ndarray:
     """A path (str/Path), PIL image or (H, W, 3) uint8 RGB array -> (H, W, 3) uint8 RGB array.
@@ -737,22 +735,6 @@ def _output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def _present_legend(class_ids: list[int], class_names: Sequence[str], width: int) -> Image.Image | None:
-    """A white strip with the palette colour and name of each class in ``class_ids`` (None if empty)."""
-    if not class_ids:
-        return None
-    palette = voc_palette()
-    per_row = max(1, width // 100)
-    rows = -(-len(class_ids) // per_row)
-    strip = Image.new("RGB", (width, 16 * rows + 2), (255, 255, 255))
-    draw = ImageDraw.Draw(strip)
-    for n, index in enumerate(class_ids):
-        x, y = (n % per_row) * 100 + 2, (n // per_row) * 16 + 2
-        draw.rectangle([x, y + 2, x + 10, y + 12], fill=tuple(int(c) for c in palette[index]))
-        draw.text((x + 14, y + 1), str(class_names[index])[:13], fill=(0, 0, 0))
-    return strip
-
-
 def render_overlay(image: np.ndarray, prediction: Prediction) -> Image.Image:
     """The image tinted with class colours, each instance outlined in its own colour, and below it a
     legend of the classes present: (H + legend, W) RGB."""
@@ -766,13 +748,10 @@ def render_overlay(image: np.ndarray, prediction: Prediction) -> Image.Image:
     if prediction.instances is not None:
         present = sorted(set(present) | set(prediction.instances.labels.tolist()))
     canvas = Image.fromarray(picture)
-    strip = _present_legend(present, prediction.class_names, canvas.width)
+    strip = legend(prediction.class_names, canvas.width, present)
     if strip is None:
         return canvas
-    combined = Image.new("RGB", (canvas.width, canvas.height + strip.height), (255, 255, 255))
-    combined.paste(canvas, (0, 0))
-    combined.paste(strip, (0, canvas.height))
-    return combined
+    return stack_vertically([canvas, strip], gap=0)
 
 
 def write_instance_map(path: str | Path, instance_map: np.ndarray) -> None:

@@ -80,18 +80,21 @@ def panel(images: list[np.ndarray], titles: list[str], scale: int = 1, gap: int 
     return canvas
 
 
-def legend(class_names: tuple[str, ...], width: int) -> Image.Image:
-    """A strip naming the palette colour of each foreground class."""
+def legend(class_names: tuple[str, ...], width: int, class_ids: list[int] | None = None) -> Image.Image | None:
+    """A white strip with the palette colour and name of each class of ``class_ids`` (default: every
+    foreground class); None when there is none to show."""
+    class_ids = list(range(1, len(class_names))) if class_ids is None else list(class_ids)
+    if not class_ids:
+        return None
     palette = voc_palette()
-    entries = list(enumerate(class_names))[1:]
-    per_row = max(1, width // 90)
-    rows = (len(entries) + per_row - 1) // per_row
+    per_row = max(1, width // 100)
+    rows = -(-len(class_ids) // per_row)
     canvas = Image.new("RGB", (width, 16 * rows + 2), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    for n, (index, name) in enumerate(entries):
-        x, y = (n % per_row) * 90 + 2, (n // per_row) * 16 + 2
+    for n, index in enumerate(class_ids):
+        x, y = (n % per_row) * 100 + 2, (n // per_row) * 16 + 2
         draw.rectangle([x, y + 2, x + 10, y + 12], fill=tuple(int(c) for c in palette[index]))
-        draw.text((x + 14, y + 1), name[:12], fill=(0, 0, 0))
+        draw.text((x + 14, y + 1), str(class_names[index])[:13], fill=(0, 0, 0))
     return canvas
 
 

@@ -8,6 +8,7 @@ is a dict: ``image`` (H, W, 3) uint8, ``semantic`` (H, W) int64 in 0..C-1 or 255
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,17 @@ from torch.utils.data import Dataset
 from .io import VOID, read_image
 
 
-def check_label(label: np.ndarray, num_classes: int | None, path: Path, image_size: tuple[int, int]) -> None:
-    """Raise ``ValueError`` naming ``path`` when a label map does not fit its image or its classes."""
+def check_label(label: np.ndarray, num_classes: int | None, path: Callable[[], Path],
+                image_size: tuple[int, int]) -> None:
+    """Raise ``ValueError`` naming the file (``path()``, only looked up on failure) when a label map does
+    not fit its image or its classes."""
     if label.shape != tuple(image_size):
-        raise ValueError(f"label {path} is {label.shape[1]}x{label.shape[0]} but its image is "
+        raise ValueError(f"label {path()} is {label.shape[1]}x{label.shape[0]} but its image is "
                          f"{image_size[1]}x{image_size[0]} (width x height); they must match")
     if num_classes is not None:
         bad = (label >= num_classes) & (label != VOID)
         if bad.any():
-            raise ValueError(f"label {path} has value {int(label[bad].max())}, but there are only {num_classes} "
+            raise ValueError(f"label {path()} has value {int(label[bad].max())}, but there are only {num_classes} "
                              f"classes (0..{num_classes - 1}, 255 = void); fix the file or list the classes in "
                              "classes.txt")
 
@@ -67,10 +70,10 @@ class SegmentationDataset(Dataset):
         name = self.ids[index]
         image = read_image(self.image_path(name))
         semantic = self.read_semantic(name)
-        check_label(semantic, self.num_classes, self.semantic_path(name), image.shape[:2])
+        check_label(semantic, self.num_classes, lambda: self.semantic_path(name), image.shape[:2])
         sample = {"image": image, "semantic": semantic, "name": name}
         if self.with_instances:
             instance = self.read_instance(name)
-            check_label(instance, None, self.instance_path(name), image.shape[:2])
+            check_label(instance, None, lambda: self.instance_path(name), image.shape[:2])
             sample["instance"] = instance
         return sample

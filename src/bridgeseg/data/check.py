@@ -246,7 +246,7 @@ def check_item(source, name: str) -> _ItemResult:
         pixels = np.bincount(classes.reshape(-1), minlength=source.num_classes + 1)
         pixels[source.num_classes] = int((semantic == VOID).sum())
         result.pixels = pixels
-    if getattr(source, "with_instances", False):
+    if source.with_instances:
         instance_path = source.instance_path(name)
         instance = _read(source.read_instance, name, instance_path, problems)
         if instance is not None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .io import VOID, read_label
+from .io import VOID, is_list_path, read_id_list, read_label
 from .base import SegmentationDataset
 
 # (label id, train id, name, is a thing class with instances) of the classes that are evaluated
@@ -157,7 +157,7 @@ class CityscapesSegmentation(SegmentationDataset):
         self.split = split
         self.with_instances = with_instances
         self._folder: dict[str, str] = {}
-        if split.endswith(".txt") or "/" in split or "\\" in split:
+        if is_list_path(split):
             self.ids = self._ids_from_list(Path(split))
         else:
             self.ids = self._ids_from_folder(split)
@@ -184,10 +184,8 @@ class CityscapesSegmentation(SegmentationDataset):
             raise FileNotFoundError(f"Cityscapes id list {path} does not exist")
         splits = self._available_splits()
         ids = []
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            parts = line.split()[0].strip("/").split("/")
+        for entry in read_id_list(path, allow_empty=True):
+            parts = entry.strip("/").split("/")
             if len(parts) == 3:
                 folder, name = parts[0], "/".join(parts[1:])
             elif len(parts) == 2:
@@ -195,7 +193,7 @@ class CityscapesSegmentation(SegmentationDataset):
                 found = [s for s in splits if (self.root / "leftImg8bit" / s / f"{name}_leftImg8bit.png").is_file()]
                 folder = found[0] if found else (splits[0] if splits else "")
             else:
-                raise ValueError(f"id list {path} has line {line!r}; expected <city>/<stem> or <split>/<city>/<stem>")
+                raise ValueError(f"id list {path} has entry {entry!r}; expected <city>/<stem> or <split>/<city>/<stem>")
             self._folder[name] = folder
             ids.append(name)
         if not ids:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import VOID, read_label
+from .io import VOID, is_list_path, read_id_list, read_label
 from .base import SegmentationDataset
 from .voc import IMAGE_SUFFIXES
 
@@ -64,8 +64,6 @@ CONTEXT59_LABEL_IDS = (
     159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326, 347, 349, 354, 355, 360, 366,
     368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
 )
-
-NUM_FULL_CLASSES = 459
 
 
 def read_context_labels(path: str | Path) -> dict[str, int]:
@@ -143,9 +141,6 @@ class PascalContext(SegmentationDataset):
         num_classes: 60 (the paper's setting, background = class 0) or 59 (background ignored).
     """
 
-    with_instances = False
-    thing_classes: tuple[int, ...] = ()
-
     def __init__(self, root: str | Path, split: str = "train", num_classes: int = 60) -> None:
         if num_classes not in (59, 60):
             raise ValueError(f"num_classes must be 60 (with background) or 59 (background ignored), not {num_classes}")
@@ -170,17 +165,14 @@ class PascalContext(SegmentationDataset):
                                     f"trainval/ ({layout}; see bridgeseg.data.context for the converters)")
 
     def _read_ids(self, split: str) -> list[str]:
-        if split.endswith(".txt") or "/" in split or "\\" in split:
+        if is_list_path(split):
             candidates = [Path(split)]
         else:
             candidates = [self.root / "ImageSets" / folder / f"{split}.txt"
                           for folder in ("SegmentationContext", "Main")]
         for path in candidates:
             if path.is_file():
-                ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-                if not ids:
-                    raise ValueError(f"split list {path} is empty")
-                return ids
+                return read_id_list(path)
         raise FileNotFoundError(f"split list {candidates[0]} does not exist"
                                 + (f" (nor {candidates[1]})" if len(candidates) > 1 else ""))
 

@@ -96,11 +96,31 @@ def write_label(path: str | Path, label: np.ndarray, palette: np.ndarray | None 
     image.save(path)
 
 
+def is_list_path(split: str) -> bool:
+    """Whether a split name is really the path of a list file (``.txt`` or with a folder in it)."""
+    return split.endswith(".txt") or "/" in split or "\\" in split
+
+
+def read_id_list(path: str | Path, allow_empty: bool = False) -> list[str]:
+    """Image ids of a list file: the first word of every non-empty line.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file lists no id (unless ``allow_empty``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} does not exist")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids and not allow_empty:
+        raise ValueError(f"split list {path} is empty; it must hold one image id per line")
+    return ids
+
+
 def read_split_stems(path: str | Path) -> list[str]:
     """Image stems of a split list file: one id (or path) per line, first column; Cityscapes'
     ``_leftImg8bit`` suffix is dropped so that stems match label and prediction files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split list {path} does not exist; give a text file with one image id per line")
-    return [Path(line.split()[0]).name.removesuffix("_leftImg8bit") for line in path.read_text().splitlines()
-            if line.strip()]
+    return [Path(name).name.removesuffix("_leftImg8bit") for name in read_id_list(path, allow_empty=True)]

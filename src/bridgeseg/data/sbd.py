@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import read_label, write_label
+from .io import is_list_path, read_id_list, read_label, write_label
 from .base import SegmentationDataset
 from .voc import IMAGE_SUFFIXES, VOC_CLASSES, read_split
 
@@ -87,26 +87,6 @@ def sbd_semantic_from_instances(instance_map: np.ndarray, categories: np.ndarray
 # Datasets
 
 
-def read_id_list(path: str | Path, allow_empty: bool = False) -> list[str]:
-    """Image ids of a list file: the first word of every non-empty line.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file lists no id (unless ``allow_empty``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"id list {path} does not exist")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids and not allow_empty:
-        raise ValueError(f"id list {path} is empty; it must hold one image id per line")
-    return ids
-
-
-def _is_list_path(split: str) -> bool:
-    return split.endswith(".txt") or "/" in split or "\\" in split
-
-
 def _check_sbd_root(root: Path, folders: tuple[str, ...]) -> None:
     if not root.is_dir():
         raise FileNotFoundError(f"SBD root {root} does not exist (set it to the dataset/ folder of "
@@ -148,7 +128,7 @@ class SBDSegmentation(SegmentationDataset):
         _check_sbd_root(self.root, ("img", "cls") + (("inst",) if with_instances else ()))
         self.split = split
         self.with_instances = with_instances
-        path = Path(split) if _is_list_path(split) else self.root / f"{split}.txt"
+        path = Path(split) if is_list_path(split) else self.root / f"{split}.txt"
         if not path.is_file():
             available = sorted(p.stem for p in self.root.glob("*.txt"))
             raise FileNotFoundError(f"SBD split list {path} does not exist; lists found in {self.root}: "
@@ -227,7 +207,6 @@ class VOCAugSegmentation(SegmentationDataset):
 
     class_names = VOC_CLASSES
     thing_classes = tuple(range(1, len(VOC_CLASSES)))
-    with_instances = False
 
     def __init__(self, voc_root: str | Path, sbd_root: str | Path | None = None, split: str = "train_aug") -> None:
         self.root = Path(voc_root)

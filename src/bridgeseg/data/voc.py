@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from .base import SegmentationDataset
-from .io import read_label
+from .io import read_id_list, read_label
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -46,10 +46,7 @@ def read_split(root: Path, split: str) -> list[str]:
     if not path.is_file():
         available = sorted(p.stem for p in (root / "ImageSets" / "Segmentation").glob("*.txt"))
         raise FileNotFoundError(f"split list {path} does not exist; splits found under {root}: {available or 'none'}")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise ValueError(f"split list {path} is empty")
-    return ids
+    return read_id_list(path)
 
 
 class VOCSegmentation(SegmentationDataset):

@@ -83,3 +83,15 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
+    """``auto`` -> this rank's CUDA device when CUDA is available, else the CPU; any other name is
+    passed to ``torch.device``, and asking for CUDA without CUDA is an error."""
+    if str(name) == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(name)!r} was asked for but CUDA is not available; use cpu or auto "
+                           "(train.device / --device)")
+    return device

@@ -18,7 +18,6 @@ from ..evaluation.semantic import SemanticEvaluator
 from ..grouping import GroupingParams, group_instances
 from ..inference import ImageMaps, predict_maps
 from ..targets import box_targets
-from . import distributed
 
 ORACLES = ("semantic", "localization", "both")
 
@@ -114,10 +113,7 @@ def evaluate_model(model: nn.Module | None, loader, class_names: tuple[str, ...]
     semantic_evaluator.all_reduce()
     results = {"semantic": semantic_evaluator.evaluate()}
     if instance_evaluator is not None:
-        states = distributed.gather_objects(instance_evaluator.state_dict())
-        instance_evaluator.load_state_dict(states[0])
-        for state in states[1:]:
-            instance_evaluator.merge(state)
+        instance_evaluator.all_gather()
         results["instance"] = instance_evaluator.evaluate()
     return results
 
@@ -133,7 +129,7 @@ def evaluate_config(config, checkpoint_path=None, oracle: str | None = None, dev
     """
     from ..data.loading import build_dataset, evaluation_loader
     from .checkpoint import load_trained_model
-    from .train import resolve_device
+    from .distributed import resolve_device
 
     device = resolve_device(device if device != "auto" else config.train.device)
     model, output_stride = None, config.model.output_stride

@@ -39,7 +39,7 @@ def predict_dataset(config: Config, checkpoint: str | Path, out_dir: str | Path,
     coco = CocoResults() if fmt == "coco" else None
     for index in tqdm(range(len(dataset)), desc=f"predicting ({fmt})", unit="img", disable=not progress):
         name = dataset.ids[index]
-        prediction = predictor(dataset[index]["image"])
+        prediction = predictor(dataset.image_path(name))  # the image only: labels are not needed here
         instances = prediction.instances
         masks = instances.masks.numpy() if instances is not None else None
         labels = instances.labels.numpy() if instances is not None else None

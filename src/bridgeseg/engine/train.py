@@ -37,16 +37,6 @@ from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_chec
 from .evaluate import evaluate_model
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; any other name is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available; use train.device=cpu or auto")
-    return device
-
-
 def needs_instances(arch: str) -> bool:
     """Whether a model of this arch trains or evaluates on instance labels."""
     return arch in ("localization", "joint", "separate")
@@ -71,12 +61,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 def poly_factor(progress: float, power: float) -> float:
     return max(0.0, 1.0 - progress) ** power
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and ``torch.compile`` wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -125,6 +109,7 @@ class TrainResult:
     steps: int
     seconds: float
     metrics: dict
+    class_names: tuple[str, ...]
 
 
 def _instance_config_if_needed(config: Config):
@@ -155,7 +140,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bo
         torch.set_num_threads(tcfg.threads)
     _configure_determinism(tcfg)
     torch.manual_seed(tcfg.seed)
-    device = resolve_device(tcfg.device, rank_info.local_rank)
+    device = distributed.resolve_device(tcfg.device, rank_info.local_rank)
 
     with_instances = needs_instances(config.model.arch)
     train_set = build_dataset(config.data, config.data.train_split, with_instances)
@@ -280,4 +265,4 @@ def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bo
         plot_training_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
         plot_class_scores(metrics, class_names, out_dir / "class_scores.png")
     distributed.barrier()
-    return TrainResult(out_dir, final_path, step, seconds, metrics)
+    return TrainResult(out_dir, final_path, step, seconds, metrics, tuple(class_names))

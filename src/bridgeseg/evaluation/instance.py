@@ -391,6 +391,17 @@ class InstanceEvaluator:
         self._check_compatible(state)
         self._add_state(state)
 
+    def all_gather(self) -> None:
+        """Under torch.distributed, combine every rank's statistics (rank order); no-op when alone."""
+        from ..engine import distributed
+
+        if not distributed.is_enabled():
+            return
+        states = distributed.gather_objects(self.state_dict())
+        self.load_state_dict(states[0])
+        for state in states[1:]:
+            self.merge(state)
+
     def _check_compatible(self, state: dict) -> None:
         mine = (self.protocol, self.num_classes, list(self.thresholds))
         theirs = (state.get("protocol"), state.get("num_classes"), list(state.get("thresholds", [])))

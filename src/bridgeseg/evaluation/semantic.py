@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from bridgeseg.data.io import read_label, read_split_stems
+from bridgeseg.engine import distributed
 from bridgeseg.data.voc import read_class_names
 
 VOC_NUM_CLASSES = 21
@@ -241,15 +241,11 @@ class SemanticEvaluator:
 
     def all_reduce(self) -> None:
         """Sum the matrix and image count over all torch.distributed ranks (no-op if not initialised)."""
-        if not (dist.is_available() and dist.is_initialized()):
+        if not distributed.is_enabled():
             return
         packed = torch.cat([self.confusion.flatten(),
                             torch.tensor([self.num_images], dtype=torch.int64, device=self.confusion.device)])
-        home = packed.device
-        if dist.get_backend() == "nccl" and home.type != "cuda":
-            packed = packed.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        packed = packed.to(home)
+        packed = distributed.all_reduce_sum(packed)
         self.confusion = packed[:-1].reshape(self.num_classes, self.num_classes).clone()
         self.num_images = int(packed[-1])
 
