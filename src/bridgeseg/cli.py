@@ -125,7 +125,9 @@ def cmd_score_instance(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), minutes=args.minutes, num_train=args.train_images, num_val=args.val_images)
+    counts = {key: value for key, value in (("num_train", args.train_images), ("num_val", args.val_images))
+              if value is not None}  # unset: run_demo's defaults
+    run_demo(Path(args.out), minutes=args.minutes, **counts)
     return 0
 
 
@@ -254,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("demo", help="generate the synthetic dataset, train, evaluate, draw overlays")
     sub.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     sub.add_argument("--minutes", type=float, default=8.0, help="training time budget in minutes (default 8)")
-    sub.add_argument("--train-images", type=int, default=3000, help=argparse.SUPPRESS)
-    sub.add_argument("--val-images", type=int, default=60, help=argparse.SUPPRESS)
+    sub.add_argument("--train-images", type=int, help=argparse.SUPPRESS)
+    sub.add_argument("--val-images", type=int, help=argparse.SUPPRESS)
     sub.set_defaults(handler=cmd_demo)
 
     data = commands.add_parser("data", help="dataset tools")
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = tools.add_parser("synthetic", help="write the synthetic shapes dataset in the VOC layout")
     sub.add_argument("--out", required=True, help="dataset root to write")
     sub.add_argument("--train", type=int, default=3000, help="training images (default 3000, as the demo)")
-    sub.add_argument("--val", type=int, default=60, help="validation images (default 60)")
+    sub.add_argument("--val", type=int, default=300, help="validation images (default 300, as the demo)")
     sub.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     sub.add_argument("--seed", type=int, default=0)
     sub.set_defaults(handler=cmd_data_synthetic)
