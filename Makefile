@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 
 benchmarks: $(STAMP)
 	cd benchmarks && for script in bootstrap_overhead fcrn_vs_deeplabv3 grouping_speed \
-	    instances_vs_connected_components multiview_cost sliding_window output_stride_ceiling; do \
+	    instances_vs_connected_components multiview_cost sliding_window output_stride_ceiling optimizer_step; do \
 	  echo "=== $$script"; ../$(BIN)/python $$script.py || exit 1; done
 
 clean:

@@ -178,3 +178,6 @@ def test_resize_to_input_geometry(size):
     last_centre = (h - 1) * stride
     expected = torch.arange(size[0], dtype=torch.float).clamp(max=last_centre).view(-1, 1).expand(size)
     torch.testing.assert_close(up[0, 0], expected)
+    cols = torch.arange(w, dtype=torch.float).view(1, 1, 1, w).expand(1, 1, h, w) * stride
+    expected = torch.arange(size[1], dtype=torch.float).clamp(max=(w - 1) * stride).view(1, -1).expand(size)
+    torch.testing.assert_close(resize_to_input(cols, size, stride)[0, 0], expected)
