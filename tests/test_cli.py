@@ -184,3 +184,27 @@ def test_data_check_exit_status(tmp_path, synthetic_root, capsys):
     victim.write_bytes(b"truncated")
     assert run("data", "check", "--dataset", "voc", "--root", copy) == 1
     assert victim.name in capsys.readouterr().out
+
+
+def test_demo_through_the_cli_writes_everything_and_says_when_it_ran_short(tmp_path, capsys):
+    """A few seconds of `bridgeseg demo` on a tiny generated set: every output is written, the
+    printed table and metrics.json agree, and a run far short of the README's step count says so."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.05", "--train-images", "16", "--val-images", "3"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["semantic"]["num_images"] == 3 and metrics["instance"]["num_images"] == 3
+    for name in ("report.md", "overlays.png", "class_scores.png", "run/curves.png", "run/final.pt", "data/synthetic.json"):
+        assert (out / name).is_file(), name
+    assert f"{100 * metrics['semantic']['mean_iou']:.1f}" in printed
+    assert "bridgeseg demo --minutes" in printed  # the slow-machine note
+
+
+def test_slow_machine_hint():
+    from bridgeseg.demo import REFERENCE_STEPS_PER_MINUTE, slow_machine_hint
+
+    reference = 8 * REFERENCE_STEPS_PER_MINUTE
+    assert slow_machine_hint(reference, 8.0) is None
+    assert slow_machine_hint(int(0.85 * reference), 8.0) is None
+    hint = slow_machine_hint(reference // 2, 8.0)  # half as fast: twice the minutes
+    assert "--minutes 16`" in hint
