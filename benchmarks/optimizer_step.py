@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from bridgeseg.config import ModelConfig, TrainConfig
-from bridgeseg.engine.train import build_optimizer, parameter_groups
+from bridgeseg.engine.train import build_optimizer, optimizer_class_and_options, parameter_groups
 from bridgeseg.models import build_model
 
 from common import describe_device, interleaved_medians
@@ -33,12 +33,11 @@ def main() -> None:
         count = sum(parameter.numel() for parameter in model.parameters())
         for name in ("sgd", "adamw"):
             config = TrainConfig(optimizer=name, lr=1e-6)
-            groups = lambda: parameter_groups(model, config.lr, config.head_lr_mult)  # noqa: E731
-            options = {"momentum": config.momentum} if name == "sgd" else {}
-            cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
-            optimizers = {"ours": build_optimizer(model, config),
-                          "for-loop": cls(groups(), weight_decay=config.weight_decay, foreach=False, **options),
-                          "foreach": cls(groups(), weight_decay=config.weight_decay, foreach=True, **options)}
+            optimizer_class, options = optimizer_class_and_options(config)
+            optimizers = {"ours": build_optimizer(model, config)}
+            for key, foreach in (("for-loop", False), ("foreach", True)):
+                groups = parameter_groups(model, config.lr, config.head_lr_mult)
+                optimizers[key] = optimizer_class(groups, foreach=foreach, **options)
             medians = interleaved_medians({key: opt.step for key, opt in optimizers.items()}, device, warmup=3,
                                           rounds=args.rounds)
             base = medians["for-loop"]

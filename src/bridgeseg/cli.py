@@ -122,21 +122,27 @@ def cmd_score_instance(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+def _or_default(value, default):
+    """An option left unset (None) takes the library's default, so the two cannot drift apart."""
+    return default if value is None else value
 
-    counts = {key: value for key, value in (("num_train", args.train_images), ("num_val", args.val_images))
-              if value is not None}  # unset: run_demo's defaults
-    run_demo(Path(args.out), minutes=args.minutes, **counts)
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .data.synthetic import TRAIN_IMAGES, VAL_IMAGES
+    from .demo import MINUTES, run_demo
+
+    run_demo(Path(args.out), minutes=_or_default(args.minutes, MINUTES),
+             num_train=_or_default(args.train_images, TRAIN_IMAGES), num_val=_or_default(args.val_images, VAL_IMAGES))
     return 0
 
 
 def cmd_data_synthetic(args: argparse.Namespace) -> int:
-    from .data.synthetic import SceneSpec, generate_dataset
+    from .data.synthetic import TRAIN_IMAGES, VAL_IMAGES, SceneSpec, generate_dataset
 
-    root = generate_dataset(args.out, args.train, args.val, seed=args.seed, spec=SceneSpec.for_size(args.size),
+    num_train, num_val = _or_default(args.train, TRAIN_IMAGES), _or_default(args.val, VAL_IMAGES)
+    root = generate_dataset(args.out, num_train, num_val, seed=args.seed, spec=SceneSpec.for_size(args.size),
                             progress=True)
-    print(f"wrote a synthetic VOC-layout dataset to {root} ({args.train} train / {args.val} val images)")
+    print(f"wrote a synthetic VOC-layout dataset to {root} ({num_train} train / {num_val} val images)")
     return 0
 
 
@@ -255,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("demo", help="generate the synthetic dataset, train, evaluate, draw overlays")
     sub.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
-    sub.add_argument("--minutes", type=float, default=8.0, help="training time budget in minutes (default 8)")
+    sub.add_argument("--minutes", type=float, help="training time budget in minutes (default 8)")
     sub.add_argument("--train-images", type=int, help=argparse.SUPPRESS)
     sub.add_argument("--val-images", type=int, help=argparse.SUPPRESS)
     sub.set_defaults(handler=cmd_demo)
@@ -264,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     tools = data.add_subparsers(dest="tool", required=True, metavar="TOOL")
     sub = tools.add_parser("synthetic", help="write the synthetic shapes dataset in the VOC layout")
     sub.add_argument("--out", required=True, help="dataset root to write")
-    sub.add_argument("--train", type=int, default=3000, help="training images (default 3000, as the demo)")
-    sub.add_argument("--val", type=int, default=300, help="validation images (default 300, as the demo)")
+    sub.add_argument("--train", type=int, help="training images (default 3000, as the demo)")
+    sub.add_argument("--val", type=int, help="validation images (default 300, as the demo)")
     sub.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     sub.add_argument("--seed", type=int, default=0)
     sub.set_defaults(handler=cmd_data_synthetic)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import load_config, packaged_config_dir
 from .data.loading import build_dataset
-from .data.synthetic import RECORD_FILE, SceneSpec, generate_dataset, generation_record
+from .data.synthetic import TRAIN_IMAGES, VAL_IMAGES, generate_dataset, is_generated
 from .engine.distributed import resolve_device
 from .engine.train import train
 from .inference import Predictor
@@ -27,18 +27,8 @@ from .report import markdown_metrics, metrics_table
 from .visualize import colorize, instance_map_overlay, instance_overlay, panel, semantic_overlay, stack_vertically
 
 OVERLAY_COUNT = 8
-TRAIN_IMAGES = 3000
-VAL_IMAGES = 300  # enough stars (the rare class) for a mean IoU that moves little from run to run
+MINUTES = 8.0  # the default training budget
 REFERENCE_STEPS_PER_MINUTE = 235  # a 2-core CPU (README, "Demo results"): 1,875 to 2,140 steps in 8 min
-
-
-def _dataset_ready(root: Path, num_train: int, num_val: int) -> bool:
-    """Whether ``root`` holds exactly what this version's generator would write for these counts."""
-    try:
-        record = json.loads((root / RECORD_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return False
-    return record == json.loads(json.dumps(generation_record(num_train, num_val, 0, SceneSpec())))
 
 
 def draw_overlays(predictor: Predictor, config, out_dir: Path, count: int = OVERLAY_COUNT) -> list[Path]:
@@ -68,13 +58,13 @@ def draw_overlays(predictor: Predictor, config, out_dir: Path, count: int = OVER
     return paths
 
 
-def run_demo(out_dir: str | Path = "demo-output", minutes: float = 8.0, num_train: int = TRAIN_IMAGES,
+def run_demo(out_dir: str | Path = "demo-output", minutes: float = MINUTES, num_train: int = TRAIN_IMAGES,
              num_val: int = VAL_IMAGES, progress: bool = True) -> dict:
     """Run the demo; returns the metrics dict written to ``OUT/metrics.json``."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
     data_root = out_dir / "data"
-    if not _dataset_ready(data_root, num_train, num_val):
+    if not is_generated(data_root, num_train, num_val):
         print(f"[1/4] generating the synthetic dataset in {data_root}")
         generate_dataset(data_root, num_train, num_val, progress=progress)
     else:
@@ -116,12 +106,12 @@ def run_demo(out_dir: str | Path = "demo-output", minutes: float = 8.0, num_trai
 def slow_machine_hint(steps: int, minutes: float) -> str | None:
     """A note when training ran far fewer steps than the README's figures took (a slower machine
     or a shorter budget), with the ``--minutes`` that would match them; None otherwise."""
-    expected = REFERENCE_STEPS_PER_MINUTE * 8.0
+    expected = REFERENCE_STEPS_PER_MINUTE * MINUTES
     if steps >= 0.8 * expected:
         return None
     needed = math.ceil(minutes * expected / max(steps, 1))
     return (f"note: {steps} training steps is well short of the ~{expected:,.0f} behind the README's figures "
-            f"(2-core CPU, 8 min), so the scores are lower. `bridgeseg demo --minutes {needed}` gives this machine "
+            f"(2-core CPU, {MINUTES:g} min), so the scores are lower. `bridgeseg demo --minutes {needed}` gives this machine "
             "about as many.")
 
 

@@ -110,7 +110,7 @@ def read_id_list(path: str | Path, allow_empty: bool = False) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split list {path} does not exist")
+        raise FileNotFoundError(f"split list {path} does not exist; give a text file with one image id per line")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids and not allow_empty:
         raise ValueError(f"split list {path} is empty; it must hold one image id per line")
@@ -120,7 +120,4 @@ def read_id_list(path: str | Path, allow_empty: bool = False) -> list[str]:
 def read_split_stems(path: str | Path) -> list[str]:
     """Image stems of a split list file: one id (or path) per line, first column; Cityscapes'
     ``_leftImg8bit`` suffix is dropped so that stems match label and prediction files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"split list {path} does not exist; give a text file with one image id per line")
     return [Path(name).name.removesuffix("_leftImg8bit") for name in read_id_list(path, allow_empty=True)]

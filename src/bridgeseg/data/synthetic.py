@@ -23,6 +23,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from .io import VOID, write_label
 
 GENERATOR_VERSION = 2  # bump when the same record would give other files
+RECORD_FILE = "synthetic.json"  # what generate_dataset wrote into a root (see is_generated)
+TRAIN_IMAGES, VAL_IMAGES = 3000, 300  # the demo's dataset; 300 validation scenes hold enough stars
+                                      # (the rare class) for a mean IoU that moves little between runs
 
 CLASS_NAMES = ("background", "circle", "square", "triangle", "cross", "star")
 CLASS_FREQUENCIES = (0.30, 0.28, 0.24, 0.12, 0.06)  # of foreground instances; star is the rare class
@@ -181,7 +184,7 @@ def _write_scene(task: tuple[Path, str, int, int, int, SceneSpec]) -> None:
     write_label(root / "SegmentationObject" / f"{name}.png", instance)
 
 
-def generate_dataset(root: str | Path, num_train: int = 400, num_val: int = 60, seed: int = 0,
+def generate_dataset(root: str | Path, num_train: int = TRAIN_IMAGES, num_val: int = VAL_IMAGES, seed: int = 0,
                      spec: SceneSpec = SceneSpec(), progress: bool = False, workers: int | None = None) -> Path:
     """Write a synthetic dataset in the VOC layout under ``root``; returns ``root``.
 
@@ -212,14 +215,22 @@ def generate_dataset(root: str | Path, num_train: int = 400, num_val: int = 60, 
     for split in splits:
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names[split]) + "\n")
     (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    (root / RECORD_FILE).write_text(json.dumps(generation_record(num_train, num_val, seed, spec), indent=2) + "\n")
+    (root / RECORD_FILE).write_text(json.dumps(_record(num_train, num_val, seed, spec), indent=2) + "\n")
     return root
 
 
-RECORD_FILE = "synthetic.json"
+def is_generated(root: str | Path, num_train: int = TRAIN_IMAGES, num_val: int = VAL_IMAGES, seed: int = 0,
+                 spec: SceneSpec = SceneSpec()) -> bool:
+    """Whether ``root`` holds what ``generate_dataset`` with these arguments writes (this version of the
+    generator), so that it need not be written again."""
+    try:
+        written = json.loads((Path(root) / RECORD_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return written == json.loads(json.dumps(_record(num_train, num_val, seed, spec)))  # tuples as JSON lists
 
 
-def generation_record(num_train: int, num_val: int, seed: int, spec: SceneSpec) -> dict:
-    """What ``generate_dataset`` wrote (``ROOT/synthetic.json``): same record, same files."""
+def _record(num_train: int, num_val: int, seed: int, spec: SceneSpec) -> dict:
+    """What ``generate_dataset`` writes to ``ROOT/synthetic.json``: same record, same files."""
     return {"generator_version": GENERATOR_VERSION, "train": num_train, "val": num_val, "seed": seed,
             "spec": asdict(spec)}

@@ -52,17 +52,20 @@ def parameter_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[d
             {"params": heads, "lr": lr * head_lr_mult, "initial_lr": lr * head_lr_mult}]
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper's), or AdamW (faster from random initialisation).
-
-    The fused implementation (one kernel for all parameters) where this PyTorch has it for the
-    parameters' device; the plain one otherwise. They compute the same update."""
-    groups = parameter_groups(model, config.lr, config.head_lr_mult)
+def optimizer_class_and_options(config: TrainConfig) -> tuple[type[torch.optim.Optimizer], dict]:
+    """SGD with momentum (the paper's), or AdamW (faster from random initialisation), and the
+    keyword options ``train:`` gives it."""
     if config.optimizer == "sgd":
-        optimizer_class, options = torch.optim.SGD, {"momentum": config.momentum}
-    else:
-        optimizer_class, options = torch.optim.AdamW, {}
-    options.update(lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD, {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
+    return torch.optim.AdamW, {"lr": config.lr, "weight_decay": config.weight_decay}
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over ``parameter_groups``: the fused implementation (one kernel
+    for all parameters) where this PyTorch has it for the parameters' device, the plain one
+    otherwise. They compute the same update."""
+    groups = parameter_groups(model, config.lr, config.head_lr_mult)
+    optimizer_class, options = optimizer_class_and_options(config)
     try:
         return optimizer_class(groups, fused=True, **options)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype

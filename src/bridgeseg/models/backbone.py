@@ -69,11 +69,11 @@ def _resnet_of_width(depth: int, width: int) -> nn.Module:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-    for module in net.modules():
-        last_bn = getattr(module, "bn3", None) if isinstance(module, resnet.Bottleneck) else \
-            getattr(module, "bn2", None) if isinstance(module, resnet.BasicBlock) else None
-        if last_bn is not None:
-            nn.init.zeros_(last_bn.weight)
+    for module in net.modules():  # each residual branch ends in a zero-scaled BN: blocks start as identities
+        if isinstance(module, resnet.Bottleneck):
+            nn.init.zeros_(module.bn3.weight)
+        elif isinstance(module, resnet.BasicBlock):
+            nn.init.zeros_(module.bn2.weight)
     return net
 
 
