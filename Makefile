@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/bridgeseg demo --out demo-output
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # the official Cityscapes evaluator, for the cross-check (--no-deps: its metadata pulls the

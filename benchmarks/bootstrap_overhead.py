@@ -14,7 +14,7 @@ import torch
 
 from bridgeseg.config import LossConfig, ModelConfig
 from bridgeseg.losses import SegmentationLoss
-from bridgeseg.models import build_model
+from bridgeseg.models.build import build_model
 
 from common import describe_device, interleaved_medians
 

@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 from bridgeseg.config import ModelConfig
-from bridgeseg.models import build_model
+from bridgeseg.models.build import build_model
 
 from common import describe_device, interleaved_medians, peak_memory_mib
 

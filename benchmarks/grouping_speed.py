@@ -20,8 +20,8 @@ import statistics
 import torch
 
 from bridgeseg.config import ModelConfig
-from bridgeseg.grouping import GroupingParams, group_instances
-from bridgeseg.models import build_model
+from bridgeseg.grouping import InstanceConfig, group_instances
+from bridgeseg.models.build import build_model
 from bridgeseg.targets import box_targets
 
 from common import describe_device, time_steps
@@ -89,8 +89,8 @@ def main() -> None:
         probs, transforms = noisy_maps(instance, semantic, args.classes, stride)
         probs, transforms = probs.to(device), transforms.to(device)
         shape = tuple(semantic.shape)
-        found = group_instances(probs, transforms, stride, shape, GroupingParams())
-        return median_seconds(lambda: group_instances(probs, transforms, stride, shape, GroupingParams()),
+        found = group_instances(probs, transforms, stride, shape, InstanceConfig())
+        return median_seconds(lambda: group_instances(probs, transforms, stride, shape, InstanceConfig()),
                               args.repeats, device), len(found)
 
     seconds, found = grouping_time(args.size, args.instances, width)

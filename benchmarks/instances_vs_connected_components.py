@@ -23,11 +23,10 @@ import torch
 
 from bridgeseg.data.instances import instances_from_maps
 from bridgeseg.data.synthetic import CLASS_NAMES, SceneSpec, render_scene
-from bridgeseg.data.transforms import to_tensors
-from bridgeseg.engine.evaluate import oracle_probabilities, oracle_transforms
-from bridgeseg.config import InstanceConfig
+from bridgeseg.data.augment import to_tensors
+from bridgeseg.oracle import oracle_probabilities, oracle_transforms
 from bridgeseg.evaluation.instance import InstanceEvaluator
-from bridgeseg.grouping import GroupingParams, group_instances
+from bridgeseg.grouping import InstanceConfig, group_instances
 
 
 def filled(semantic: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,11 +57,11 @@ def main() -> None:
     num_classes = len(CLASS_NAMES)
     spec = SceneSpec(touch_probability=0.9)
     rng = np.random.default_rng(args.seed)
-    params = GroupingParams.from_config(InstanceConfig())
+    params = InstanceConfig()
     methods = ["connected components", "grouping, true transforms"]
     model = None
     if args.checkpoint:
-        from bridgeseg.engine.checkpoint import load_trained_model
+        from bridgeseg.models.build import load_trained_model
 
         model, _, trained = load_trained_model(args.checkpoint)
         data_config, model_config = trained.data, trained.model

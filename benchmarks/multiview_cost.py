@@ -16,8 +16,8 @@ import argparse
 import torch
 
 from bridgeseg.config import ModelConfig
-from bridgeseg.inference import make_views, predict_maps, view_size
-from bridgeseg.models import build_model
+from bridgeseg.tta import make_views, predict_maps, view_size
+from bridgeseg.models.build import build_model
 
 from common import describe_device, interleaved_medians
 

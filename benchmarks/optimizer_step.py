@@ -13,7 +13,7 @@ import torch
 
 from bridgeseg.config import ModelConfig, TrainConfig
 from bridgeseg.engine.train import build_optimizer, optimizer_class_and_options, parameter_groups
-from bridgeseg.models import build_model
+from bridgeseg.models.build import build_model
 
 from common import describe_device, interleaved_medians
 

@@ -15,20 +15,19 @@ import argparse
 import numpy as np
 import torch
 
-from bridgeseg.config import InstanceConfig
 from bridgeseg.data.instances import instances_from_maps
 from bridgeseg.data.synthetic import CLASS_NAMES, SceneSpec, render_scene
-from bridgeseg.engine.evaluate import oracle_probabilities, oracle_transforms
+from bridgeseg.oracle import oracle_probabilities, oracle_transforms
 from bridgeseg.evaluation.instance import InstanceEvaluator
 from bridgeseg.evaluation.semantic import SemanticEvaluator
-from bridgeseg.grouping import GroupingParams, group_instances
-from bridgeseg.models.fcrn import resize_to_input
+from bridgeseg.grouping import InstanceConfig, group_instances
+from bridgeseg.geometry import resize_to_input
 
 
 def ceiling(size: int, stride: int, images: int, seed: int) -> tuple[float, float, float]:
     """(mean IoU, mAP^r@0.5, mAP^r@0.7) of ground-truth maps sampled every ``stride`` pixels."""
     num_classes = len(CLASS_NAMES)
-    spec, params = SceneSpec.for_size(size), GroupingParams.from_config(InstanceConfig())
+    spec, params = SceneSpec.for_size(size), InstanceConfig()
     semantic_evaluator, instance_evaluator = SemanticEvaluator(num_classes), InstanceEvaluator(list(CLASS_NAMES))
     for index in range(images):
         _, semantic, instance = render_scene(np.random.default_rng([seed, index]), spec)

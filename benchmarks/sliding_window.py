@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from bridgeseg.config import ModelConfig
-from bridgeseg.inference import predict_maps, tile_origins
-from bridgeseg.models import build_model
+from bridgeseg.tta import predict_maps, tile_origins
+from bridgeseg.models.build import build_model
 
 from common import describe_device, peak_memory_mib, synchronize
 

@@ -17,7 +17,7 @@ from bridgeseg.data.cityscapes import (EVALUATED_LABELS, TRAIN_CLASS_NAMES, City
                                         label_ids_to_train_ids)
 from bridgeseg.data.io import VOID, read_label
 from bridgeseg.evaluation.semantic import SemanticEvaluator, score_semantic_folders
-from bridgeseg.formats import write_cityscapes_prediction
+from bridgeseg.outputs import write_cityscapes_prediction
 
 from conftest import shared_fixture
 

@@ -208,3 +208,56 @@ def test_slow_machine_hint():
     assert slow_machine_hint(int(0.85 * reference), 8.0) is None
     hint = slow_machine_hint(reference // 2, 8.0)  # half as fast: twice the minutes
     assert "--minutes 16`" in hint
+
+
+def test_a_bad_grouping_value_stops_train_before_any_work(tmp_path, synthetic_root, capsys):
+    out = tmp_path / "run"
+    assert run("train", "demo", "--data-root", synthetic_root, "--out", out, "--set", *TINY,
+               "instance.nms_threshold=1.0") == 2
+    assert "instance.nms_threshold = 1.0 is out of range: it must be < 1.0" in capsys.readouterr().err
+    assert not out.exists()  # refused when the config loaded: no run folder, no training
+
+
+def test_predict_takes_test_time_overrides_only(tmp_path, synthetic_root, joint_checkpoint, capsys):
+    image = sorted((synthetic_root / "JPEGImages").glob("val_*.jpg"))[0]
+    assert run("predict", "--checkpoint", joint_checkpoint, image, "--out", tmp_path / "a", "--device", "cpu",
+               "--set", "instance.top_n=2", "instance.min_score=0.2", "eval.scales=[1.0, 0.5]") == 0
+    assert (tmp_path / "a" / f"{image.stem}.json").is_file()
+    assert run("predict", "--checkpoint", joint_checkpoint, image, "--out", tmp_path / "b",
+               "--set", "model.depth=50") == 2
+    assert "model.depth cannot be changed at prediction time" in capsys.readouterr().err
+    assert run("predict", "--checkpoint", joint_checkpoint, image, "--out", tmp_path / "b",
+               "--set", "instance.top_n=0") == 2
+    assert "instance.top_n = 0 is out of range" in capsys.readouterr().err
+
+
+def test_evaluate_and_predict_find_the_same_instances(synthetic_root, joint_checkpoint, monkeypatch):
+    """The instances evaluate scores are exactly those that predict returns for the same image and
+    settings: both run the Predictor's maps and find_instances."""
+    import torch
+
+    import bridgeseg.engine.evaluate as evaluate_module
+    from bridgeseg.config import load_config, resolve_config_path
+    from bridgeseg.data.loading import build_dataset
+    from bridgeseg.predictor import Predictor
+
+    settings = ["data.workers=0", "instance.top_n=2", "instance.min_score=0.1", "eval.scales=[1.0, 0.75]",
+                "eval.flip=true"]
+    config = load_config(resolve_config_path("demo"), [f"data.root={synthetic_root}", *settings])
+    found = []
+    original = evaluate_module.find_instances
+
+    def recording(maps, image_size, instance_config):
+        found.append(original(maps, image_size, instance_config))
+        return found[-1]
+
+    monkeypatch.setattr(evaluate_module, "find_instances", recording)
+    evaluate_module.evaluate_config(config, joint_checkpoint, device="cpu", progress=False)
+    predictor = Predictor.from_checkpoint(joint_checkpoint, device="cpu", eval_config=config.eval,
+                                          instance_config=config.instance)
+    dataset = build_dataset(config.data, config.evaluation_split)
+    assert len(found) == len(dataset) == 4 and sum(len(instances) for instances in found) > 0
+    for name, in_evaluate in zip(dataset.ids, found):
+        predicted = predictor(dataset.image_path(name)).instances
+        assert torch.equal(predicted.masks, in_evaluate.masks) and torch.equal(predicted.labels, in_evaluate.labels)
+        assert torch.equal(predicted.scores, in_evaluate.scores) and torch.equal(predicted.boxes, in_evaluate.boxes)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
 from bridgeseg.config import (Config, ConfigError, load_config, packaged_config_dir, parse_override,
@@ -103,3 +106,65 @@ def test_replace_validates():
     assert config.model.depth == 18
     with pytest.raises(ConfigError):
         Config().replace(**{"model.depth": 19})
+
+
+# every grouping key: out of range is refused when the config loads, naming the key and the range
+BAD_INSTANCE_VALUES = [
+    ("top_n", 0, ">= 1"), ("nms_threshold", 1.0, "< 1.0"), ("nms_threshold", -0.1, ">= 0.0"),
+    ("region_nms_threshold", 1.0, "< 1.0"), ("min_cluster_size", 0, ">= 1"), ("min_score", 1.5, "<= 1.0"),
+    ("max_instances", 0, ">= 1"), ("pre_nms_top_k", 0, ">= 1"), ("nms_chunk_size", 0, ">= 1"),
+    ("vote_quantum", -0.5, ">= 0.0"), ("mask_threshold", 0.0, "> 0.0"), ("mask_threshold", 1.5, "<= 1.0"),
+]
+
+
+@pytest.mark.parametrize("key, value, rule", BAD_INSTANCE_VALUES, ids=[f"{k}={v}" for k, v, _ in BAD_INSTANCE_VALUES])
+def test_out_of_range_grouping_values_are_refused_at_load(tmp_path, key, value, rule):
+    message = f"instance.{key} = {value!r} is out of range: it must be {rule}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [f"instance.{key}={value}"])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, f"instance:\n  {key}: {value}\n"))
+
+
+def test_every_grouping_key_is_settable_from_yaml_and_set(tmp_path):
+    from bridgeseg.grouping import InstanceConfig
+
+    values = {"top_n": 2, "nms_threshold": 0.6, "region_nms_threshold": 0.7, "min_cluster_size": 3, "min_score": 0.05,
+              "max_instances": 50, "per_rank_masks": True, "pre_nms_top_k": 500, "nms_chunk_size": 1024,
+              "vote_quantum": 0.25, "mask_threshold": 0.4}
+    assert set(values) == {f.name for f in dataclasses.fields(InstanceConfig)}  # no key left out
+    from_set = load_config(None, [f"instance.{key}={value}" for key, value in values.items()]).instance
+    yaml_text = "instance:\n" + "".join(f"  {key}: {str(value).lower()}\n" for key, value in values.items())
+    from_yaml = load_config(write(tmp_path, yaml_text)).instance
+    assert from_set == from_yaml == InstanceConfig(**values)
+    assert load_config(None, ["instance.pre_nms_top_k=null"]).instance.pre_nms_top_k is None
+
+
+def test_config_and_grouping_share_one_settings_type():
+    from bridgeseg.config import InstanceConfig as ConfigSection
+    from bridgeseg.grouping import InstanceConfig, group_instances
+
+    assert ConfigSection is InstanceConfig and type(Config().instance) is InstanceConfig
+    assert group_instances.__defaults__[-1] == InstanceConfig()  # the grouping's default is the config's
+
+
+def test_moved_keys_name_their_new_place(tmp_path):
+    with pytest.raises(ConfigError, match="'instance.protocol' is now 'eval.protocol'"):
+        load_config(write(tmp_path, "instance:\n  protocol: mnc\n"))
+    from bridgeseg.config import config_from_dict
+
+    stored = {"instance": {"protocol": "mnc", "top_n": 2}}  # the config of a checkpoint written before the move
+    migrated = config_from_dict(stored, migrate=True)
+    assert migrated.eval.protocol == "mnc" and migrated.instance.top_n == 2
+
+
+def test_option_lists_come_from_the_modules_that_implement_them():
+    from bridgeseg.data.registry import DATASETS
+    from bridgeseg.models.backbone import DEPTHS
+
+    for name in DATASETS:
+        assert load_config(None, [f"data.dataset={name}"]).data.dataset == name
+    for depth in DEPTHS:
+        assert load_config(None, [f"model.depth={depth}"]).model.depth == depth
+    with pytest.raises(ConfigError, match=re.escape(f"choose one of {list(DATASETS)}")):
+        load_config(None, ["data.dataset=kitti"])

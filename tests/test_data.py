@@ -11,7 +11,7 @@ from bridgeseg.config import DataConfig
 from bridgeseg.data.io import read_image, read_label, voc_palette, write_label
 from bridgeseg.data.loading import StepSampler, TrainingSamples
 from bridgeseg.data.synthetic import CLASS_NAMES, SceneSpec, render_scene
-from bridgeseg.data.transforms import TrainAugmentation, to_tensors
+from bridgeseg.data.augment import TrainAugmentation, to_tensors
 from bridgeseg.data.voc import VOC_CLASSES, VOCSegmentation
 
 from conftest import shared_fixture

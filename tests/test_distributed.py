@@ -15,7 +15,8 @@ from bridgeseg.config import Config, InstanceConfig, LossConfig, ModelConfig
 from bridgeseg.data.loading import build_dataset, evaluation_loader
 from bridgeseg.engine.evaluate import evaluate_model
 from bridgeseg.losses import SegmentationLoss
-from bridgeseg.models import build_model
+from bridgeseg.models.build import build_model
+from bridgeseg.predictor import Predictor
 
 MODEL = ModelConfig(arch="joint", depth=18, output_stride=16, kernel=3, dilation=1, init="random", freeze_bn=True)
 
@@ -98,8 +99,8 @@ def _evaluate(root: str, shard=(0, 1)) -> dict:
     dataset = build_dataset(config.data, "val", with_instances=True)
     model = make_model(dataset.num_classes).eval()
     loader = evaluation_loader(config.data, dataset, workers=0, shard=shard)
-    return evaluate_model(model, loader, dataset.class_names, torch.device("cpu"), MODEL.output_stride,
-                          InstanceConfig(), progress=False)
+    predictor = Predictor(model, dataset.class_names, config, "cpu")
+    return evaluate_model(predictor, loader, dataset.class_names, InstanceConfig(), progress=False)
 
 
 def test_distributed_evaluation_equals_one_process(tmp_path, synthetic_root):

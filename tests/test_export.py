@@ -11,8 +11,8 @@ from PIL import Image
 from torch import nn
 
 from bridgeseg.config import Config, ModelConfig
-from bridgeseg.engine.checkpoint import save_checkpoint
-from bridgeseg.models import build_model
+from bridgeseg.checkpoint import save_checkpoint
+from bridgeseg.models.build import build_model
 
 CLASS_NAMES = ["background", "cat", "dog"]
 

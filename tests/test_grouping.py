@@ -6,16 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bridgeseg.grouping import (
-    GroupingParams,
-    Instances,
-    candidate_masks,
-    cluster_votes,
-    group_instances,
-    region_nms,
-    upsample_masks,
-    vote_boxes,
-)
+from bridgeseg.grouping import InstanceConfig, Instances, candidate_masks, group_instances, upsample_masks, vote_boxes
+from bridgeseg.nms import cluster_votes, region_nms
 from bridgeseg.targets import box_targets, decode_boxes
 
 VOID = 255
@@ -60,7 +52,7 @@ def ground_truth(instances, semantic) -> list[tuple[torch.Tensor, int]]:
 def run_oracle(instances, semantic, num_classes: int, stride: int = 1, **params) -> Instances:
     probs = oracle_probs(semantic, num_classes, stride)
     transforms = oracle_transforms(instances, semantic, num_classes, stride)
-    return group_instances(probs, transforms, stride, tuple(instances.shape), GroupingParams(**params))
+    return group_instances(probs, transforms, stride, tuple(instances.shape), InstanceConfig(**params))
 
 
 def assert_exact(result: Instances, instances, semantic) -> None:
@@ -236,8 +228,8 @@ def test_second_best_class_votes_only_with_top_n_two():
     paint(instances, semantic, block, 1, 1)
     one_class = oracle_transforms(instances, semantic, num_classes=2, stride=1)
     transforms = one_class.repeat(2, 1, 1)  # class 2 votes the same boxes as class 1
-    top1 = group_instances(probs, transforms, 1, (height, width), GroupingParams(top_n=1))
-    top2 = group_instances(probs, transforms, 1, (height, width), GroupingParams(top_n=2, min_score=0.2))
+    top1 = group_instances(probs, transforms, 1, (height, width), InstanceConfig(top_n=1))
+    top2 = group_instances(probs, transforms, 1, (height, width), InstanceConfig(top_n=2, min_score=0.2))
     assert top1.labels.tolist() == [1]
     assert top2.labels.tolist() == [1, 2]
     assert torch.allclose(top2.scores, torch.tensor([0.6, 0.3]))
@@ -253,17 +245,17 @@ def test_per_rank_masks_region_nms_removes_the_duplicate_pass():
     instances, semantic = canvas(height, width)
     paint(instances, semantic, (slice(1, 9), slice(1, 11)), 1, 1)
     transforms = oracle_transforms(instances, semantic, num_classes=2, stride=1).repeat(2, 1, 1)
-    union = group_instances(probs, transforms, 1, (height, width), GroupingParams(top_n=2, min_score=0.2))
+    union = group_instances(probs, transforms, 1, (height, width), InstanceConfig(top_n=2, min_score=0.2))
     class1 = union.masks[union.labels == 1]
     assert len(class1) == 1 and torch.equal(class1[0], instances == 1)
-    nested = GroupingParams(top_n=2, min_score=0.2, per_rank_masks=True)
+    nested = InstanceConfig(top_n=2, min_score=0.2, per_rank_masks=True)
     result = group_instances(probs, transforms, 1, (height, width), nested)
     class1 = result.masks[result.labels == 1]
     # pass 1 (8 x 8, score 0.8) and pass 2 (8 x 10) overlap by IoU 0.8: only the better survives
     assert len(class1) == 1 and class1[0].sum() == 64
     assert result.scores[result.labels == 1].item() == pytest.approx(0.8)
     loose = group_instances(probs, transforms, 1, (height, width),
-                            GroupingParams(top_n=2, min_score=0.2, per_rank_masks=True, region_nms_threshold=0.9))
+                            InstanceConfig(top_n=2, min_score=0.2, per_rank_masks=True, region_nms_threshold=0.9))
     assert (loose.labels == 1).sum() == 2
 
 
@@ -303,7 +295,7 @@ def test_cluster_votes_merges_duplicate_votes_like_brute_force():
 
 
 def test_votes_within_the_quantum_become_one_nms_entry():
-    from bridgeseg.grouping import _merge_identical_votes
+    from bridgeseg.nms import _merge_identical_votes
 
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.01, 0.0, 10.0, 10.01], [0.2, 0.0, 10.0, 10.0],
                           [0.0, 0.0, 10.0, 10.0]])
@@ -385,9 +377,9 @@ def test_min_cluster_size_and_max_instances():
     for index in range(5):
         probs[0, instances == index + 1], probs[1, instances == index + 1] = 0.1 * index, 1 - 0.1 * index
     transforms = oracle_transforms(instances, semantic, num_classes=2, stride=1)
-    big = group_instances(probs, transforms, 1, (10, 30), GroupingParams(min_cluster_size=7))
+    big = group_instances(probs, transforms, 1, (10, 30), InstanceConfig(min_cluster_size=7))
     assert [int(m.sum()) for m in big.masks] == [9, 12, 15]  # sizes 3 and 6 are dropped
-    best = group_instances(probs, transforms, 1, (10, 30), GroupingParams(max_instances=2))
+    best = group_instances(probs, transforms, 1, (10, 30), InstanceConfig(max_instances=2))
     assert best.scores.tolist() == pytest.approx([1.0, 0.9])
     assert [int(m.sum()) for m in best.masks] == [3, 6]
 
@@ -408,7 +400,7 @@ def test_upsample_masks_geometry():
     # the last grid column (centre 12) extends to the image border by edge replication
     assert up[1].all(0).nonzero().squeeze(1).tolist() == [10, 11, 12, 13, 14]
     try:
-        from bridgeseg.models.fcrn import resize_to_input
+        from bridgeseg.geometry import resize_to_input
     except Exception:  # the models package may not import in every environment
         return
     reference = resize_to_input(masks.float()[None], (11, 15), 4)[0] >= 0.5
@@ -426,7 +418,7 @@ def test_rejects_mismatched_inputs():
     with pytest.raises(ValueError):
         group_instances(torch.rand(3, 4, 4), torch.rand(4, 4, 4), 1, (4, 4))
     with pytest.raises(ValueError):
-        GroupingParams(top_n=0)
+        InstanceConfig(top_n=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -441,7 +433,7 @@ def test_cuda_matches_cpu(stride):
     probs = (probs * 4 + torch.rand(probs.shape, generator=generator)).softmax(0)
     transforms = oracle_transforms(instances, semantic, 3, stride)
     transforms = transforms + 0.05 * torch.randn(transforms.shape, generator=generator)
-    params = GroupingParams(nms_chunk_size=64)
+    params = InstanceConfig(nms_chunk_size=64)
     cpu = group_instances(probs, transforms, stride, (96, 128), params)
     gpu = group_instances(probs.cuda(), transforms.cuda(), stride, (96, 128), params)
     assert gpu.masks.device.type == "cuda"

@@ -1,4 +1,4 @@
-"""Tests for bridgeseg.inference: multi-view testing, sliding window, Predictor, files, RLE."""
+"""Tests for inference: multi-view testing and sliding window (tta), the Predictor, output files, RLE."""
 
 from __future__ import annotations
 
@@ -12,29 +12,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-import bridgeseg.inference as inference
+import bridgeseg.geometry as geometry
+import bridgeseg.tta as tta
+from bridgeseg.checkpoint import save_checkpoint
 from bridgeseg.config import Config, ModelConfig
 from bridgeseg.data.io import read_label
-from bridgeseg.engine.checkpoint import save_checkpoint
+from bridgeseg.engine.predict import predict_files
+from bridgeseg.geometry import resize_to_input, upsampled_argmax
 from bridgeseg.grouping import Instances, group_instances
-from bridgeseg.inference import (
-    Prediction,
-    Predictor,
-    View,
-    make_views,
-    network_maps,
-    predict_files,
-    predict_maps,
-    predict_views,
-    rle_decode,
-    rle_encode,
-    tile_origins,
-    undo_view_transforms,
-    upsampled_argmax,
-    write_instance_map,
-)
-from bridgeseg.models import build_model, resize_to_input
+from bridgeseg.models.build import build_model
+from bridgeseg.outputs import CocoResults, rle_compress, rle_decode, rle_encode, write_instance_map
+from bridgeseg.predictor import Prediction, Predictor
 from bridgeseg.targets import box_targets
+from bridgeseg.tta import View, make_views, network_maps, predict_maps, predict_views, tile_origins, undo_view_transforms
 
 CLASS_NAMES = ("background", "disc", "block", "bar")
 MEAN, STD = Config().data.mean, Config().data.std
@@ -125,7 +115,7 @@ def view_instances(views, image: np.ndarray | None = None) -> Instances:
     image = scene()[0] if image is None else image
     predictor = colour_predictor()
     maps = predict_views(predictor.model, predictor.to_tensor(image), 8, views)[0]
-    return group_instances(maps.probs, maps.transforms, maps.stride, image.shape[:2], predictor.grouping)
+    return group_instances(maps.probs, maps.transforms, maps.stride, image.shape[:2], predictor.instance_config)
 
 
 def truth_instances(ids: np.ndarray) -> Instances:
@@ -173,7 +163,7 @@ def _forgets_scale(transforms, scale_y, scale_x, flip):
 def test_a_wrong_detransformation_is_caught(big_scene, monkeypatch, wrong, views):
     image, single = big_scene
     match_instances(single, view_instances(views, image), iou=0.8, box_iou=0.95)  # right: passes
-    monkeypatch.setattr(inference, "undo_view_transforms", wrong)
+    monkeypatch.setattr(tta, "undo_view_transforms", wrong)
     with pytest.raises(AssertionError):
         match_instances(single, view_instances(views, image), iou=0.8, box_iou=0.95)
 
@@ -213,7 +203,7 @@ def test_views_and_sizes():
     assert make_views((0.5, 1.0), flip=True) == [View(0.5), View(0.5, True), View(1.0), View(1.0, True)]
     with pytest.raises(ValueError, match="> 0"):
         make_views((0.0,))
-    assert inference.view_size((97, 131), 0.5) == (48, 66)
+    assert tta.view_size((97, 131), 0.5) == (48, 66)
 
 
 def test_semantic_only_model_gives_no_transforms():
@@ -234,9 +224,9 @@ def test_semantic_only_model_gives_no_transforms():
 def test_chunked_argmax_matches_resize_to_input(monkeypatch):
     probs = torch.rand(5, 7, 9)
     expected = resize_to_input(probs[None], (50, 67), 8).argmax(1)[0]
-    monkeypatch.setattr(inference, "_CHUNK_ELEMENTS", 5 * 67 * 3)  # 3 rows per chunk
+    monkeypatch.setattr(geometry, "_CHUNK_ELEMENTS", 5 * 67 * 3)  # 3 rows per chunk
     assert torch.equal(upsampled_argmax(probs, 8, (50, 67)), expected)
-    block = torch.cat([b for _, b in inference.upsampled_rows(probs, 8, (50, 67))], dim=1)
+    block = torch.cat([b for _, b in geometry.upsampled_rows(probs, 8, (50, 67))], dim=1)
     torch.testing.assert_close(block, resize_to_input(probs[None], (50, 67), 8)[0], rtol=0, atol=1e-6)
 
 
@@ -431,6 +421,25 @@ def test_rle_is_pycocotools_compatible():
     theirs = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     assert compressed["counts"] == theirs["counts"]  # the same canonical runs
     assert mask_utils.area(theirs) == mask.sum() and np.array_equal(mask_utils.decode(theirs).astype(bool), mask)
+
+
+def test_compressed_rle_is_pycocotools_own_and_coco_reads_our_results(tmp_path):
+    mask_utils = pytest.importorskip("pycocotools.mask", reason="pycocotools is not installed")
+    from pycocotools.coco import COCO
+
+    rng = np.random.default_rng(2)
+    masks = [rng.random((37, 23)) > 0.6, np.zeros((5, 4), bool), np.ones((5, 4), bool), rng.random((200, 300)) > 0.01]
+    for mask in masks:
+        theirs = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert rle_compress(rle_encode(mask))["counts"] == theirs["counts"].decode("ascii")
+    results = CocoResults()
+    results.add("a", (37, 23), masks[:1], [2], [0.9])
+    path = results.write(tmp_path, ("background", "x", "y"))
+    ground_truth = COCO()
+    ground_truth.dataset = {**json.loads((tmp_path / "images.json").read_text()), "annotations": []}
+    ground_truth.createIndex()
+    loaded = ground_truth.loadRes(str(path))
+    assert np.array_equal(loaded.annToMask(loaded.loadAnns(loaded.getAnnIds())[0]).astype(bool), masks[0])
 
 
 def test_prediction_json_and_instance_map():

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from bridgeseg.config import ModelConfig
-from bridgeseg.models import DilatedResNet, build_model, field_of_view, resize_to_input
+from bridgeseg.geometry import resize_to_input
+from bridgeseg.models import DilatedResNet, field_of_view
+from bridgeseg.models.build import build_model
 from bridgeseg.models.heads import LinearHead, NonLinearHead
 
 CHANNELS = {18: 512, 34: 512, 50: 2048, 101: 2048, 152: 2048}

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bridgeseg.cli import main
 from bridgeseg.data.io import read_image
-from bridgeseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from bridgeseg.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = ["model.depth=18", "model.output_stride=16", "model.kernel=3", "model.dilation=1", "model.init=random",
         "model.arch=semantic", "data.crop_size=40", "data.workers=0", "train.batch_size=2", "train.log_every=1",

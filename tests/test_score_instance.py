@@ -12,7 +12,7 @@ from bridgeseg.data.cityscapes import read_instance_ids, thing_instances
 from bridgeseg.data.instances import instances_from_maps
 from bridgeseg.data.io import read_label
 from bridgeseg.data.sbd import read_sbd_instances
-from bridgeseg.formats import read_instance_txt, write_instance_txt
+from bridgeseg.outputs import read_instance_txt, write_instance_txt
 
 from conftest import shared_fixture
 

@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config, resolve_config_path
+from .data.registry import DATASETS
+from .evaluation.instance import PROTOCOLS
+from .evaluation.instance_files import GT_FORMATS
+from .oracle import ORACLES
+from .outputs import FORMATS
 
 
 def _load(args: argparse.Namespace):
@@ -31,7 +36,7 @@ def _write_json(results: dict, path: str | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.distributed import cleanup, is_main_process
+    from .distributed import cleanup, is_main_process
     from .engine.train import train
     from .report import metrics_table
 
@@ -66,10 +71,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import Predictor, predict_files
+    from .engine.predict import predict_files
+    from .predictor import Predictor
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, scales=args.scales,
-                                          flip=args.flip or None, tile_size=args.tile_size)
+                                          flip=args.flip or None, tile_size=args.tile_size, overrides=args.set or ())
     views = len(predictor.views)
     print(f"predicting with {args.checkpoint} on {predictor.device} ({views} view{'s' * (views > 1)}"
           + (f", {predictor.tile_size}-pixel tiles" if predictor.tile_size else "") + ")")
@@ -79,7 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_predict_dataset(args: argparse.Namespace) -> int:
-    from .engine.predict_dataset import predict_dataset
+    from .engine.predict import predict_dataset
 
     config = _load(args)
     path = predict_dataset(config, args.checkpoint, args.out, args.format, split=args.split, device=args.device)
@@ -201,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("evaluate", help="evaluate a checkpoint on the config's validation split")
     config_arguments(sub)
     sub.add_argument("--checkpoint", help="a training checkpoint (OUT/final.pt or OUT/last.pt)")
-    sub.add_argument("--oracle", choices=("semantic", "localization", "both"),
+    sub.add_argument("--oracle", choices=ORACLES,
                      help="replace score maps / transform maps / both by ground truth")
     view_arguments(sub)
     sub.add_argument("--json", help="write the metrics to this JSON file")
@@ -212,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoint", required=True, help="a training checkpoint (joint, separate or semantic)")
     sub.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     sub.add_argument("--out", required=True, help="output folder")
+    sub.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
+                     help="change the checkpoint's test-time settings (eval.* and instance.* keys), "
+                          "e.g. --set instance.top_n=2 eval.scales=[0.75,1,1.25]")
     view_arguments(sub)
     sub.set_defaults(handler=cmd_predict)
 
@@ -219,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_arguments(sub)
     sub.add_argument("--checkpoint", required=True, help="a training checkpoint")
     sub.add_argument("--out", required=True, help="output folder")
-    sub.add_argument("--format", required=True, choices=("voc", "cityscapes", "coco"),
+    sub.add_argument("--format", required=True, choices=FORMATS,
                      help="voc: class PNGs + instance .txt; cityscapes: labelIds PNGs + instance .txt; "
                           "coco: results.json")
     sub.add_argument("--split", help="split to predict (default: eval.split, else the validation split)")
@@ -251,9 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = kinds.add_parser("instance", help="instance prediction .txt files vs a dataset's instances (mAP^r)")
     sub.add_argument("--gt", required=True, help="dataset root (voc, sbd) or a folder of Cityscapes instanceIds PNGs")
-    sub.add_argument("--gt-format", required=True, choices=("voc", "sbd", "cityscapes"))
+    sub.add_argument("--gt-format", required=True, choices=GT_FORMATS)
     sub.add_argument("--pred", required=True, help="folder of <image stem>.txt files (mask path, class id, score)")
-    sub.add_argument("--protocol", default="sds", choices=("sds", "mnc"),
+    sub.add_argument("--protocol", default="sds", choices=PROTOCOLS,
                      help="sds: Hariharan et al. (default); mnc: the MNC/FCIS evaluation code's variant")
     sub.add_argument("--split", help="a list of image ids to score (default: every ground-truth image)")
     sub.add_argument("--json", help="write the metrics to this JSON file")
@@ -277,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=cmd_data_synthetic)
 
     sub = tools.add_parser("check", help="check a dataset root before a long run (exit status 1 on problems)")
-    sub.add_argument("--dataset", required=True, choices=("voc", "voc_aug", "sbd", "cityscapes", "context", "context59"))
+    sub.add_argument("--dataset", required=True, choices=list(DATASETS))
     sub.add_argument("--root", required=True, help="the dataset root (as data.root)")
     sub.add_argument("--split", action="append", help="split(s) to check (default: train and val)")
     sub.add_argument("--sbd-root", help="SBD root, for --dataset voc_aug without prepared labels")

@@ -1,16 +1,20 @@
 """Experiment configuration: frozen dataclasses, flat YAML files, ``--set section.key=value``.
 
 A config file has up to six sections (``model``, ``data``, ``loss``, ``train``, ``eval``,
-``instance``); every key is optional and defaults to the value below. An unknown section or key,
-a value of the wrong type, or a value outside its choices is a ``ConfigError`` that names the key
-and what it accepts. There is no inheritance between files: each experiment is one file.
+``instance``); every key is optional and defaults to the value below. Each key is declared once,
+with its valid values (``bridgeseg.settings.setting``), and checked when its section is built:
+an unknown section or key, a value of the wrong type, or a value outside its choices or range is a
+``ConfigError`` that names the key and what it accepts, before any work starts. The option lists
+are read from the modules that implement the options (ResNet depths from ``models.backbone``,
+dataset names from ``data.registry``, ...); the ``instance`` section is ``grouping.InstanceConfig``,
+the settings type the grouping itself takes. There is no inheritance between files: each
+experiment is one file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +22,23 @@ from typing import Any
 
 import yaml
 
+from .data.registry import DATASETS
+from .evaluation.instance import PROTOCOLS
+from .grouping import InstanceConfig
+from .models.backbone import DEPTHS, OUTPUT_STRIDES
+from .models.fcrn import ARCHITECTURES
+from .models.heads import HEAD_TYPES, KERNELS
+from .settings import ConfigError, check_section, coerce, setting
+from .targets import INSTANCE_WEIGHTINGS
 
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the key and the fix."""
+__all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "InstanceConfig", "LossConfig", "ModelConfig",
+           "TrainConfig", "config_from_dict", "load_config", "parse_override", "save_config"]
+
+LOSS_RESOLUTIONS = ("label", "output")
+OPTIMIZERS = ("sgd", "adamw")
+AMP_MODES = ("off", "bf16", "fp16")
+# keys that moved: old dotted key -> new one (configs stored in checkpoints are migrated)
+MOVED_KEYS = {"instance.protocol": "eval.protocol"}
 
 
 @dataclass(frozen=True)
@@ -31,41 +49,69 @@ class ModelConfig:
         both heads) or ``separate`` (two FCRNs, the paper's arrangement, both trained at once).
     width: channels of the ResNet's first stage (64 = torchvision's; smaller, a multiple of 8,
         for CPU-scale work from random weights).
+    init: ``imagenet`` (torchvision's weights, downloaded once), ``random``, or a local ``.pth`` file.
     """
 
-    arch: str = "semantic"
-    depth: int = 101
-    width: int = 64
-    output_stride: int = 8
-    kernel: int = 5
-    dilation: int = 12
-    head: str = "linear"
-    head_channels: int = 512
-    head_dropout: float = 0.1
-    dropout: float = 0.0
-    dropout_blocks: int = 0
-    init: str = "imagenet"
-    freeze_bn: bool = False
-    channels_last: bool = False
+    arch: str = setting("semantic", choices=ARCHITECTURES)
+    depth: int = setting(101, choices=DEPTHS)
+    width: int = setting(64, minimum=8)
+    output_stride: int = setting(8, choices=OUTPUT_STRIDES)
+    kernel: int = setting(5, choices=KERNELS)
+    dilation: int = setting(12, minimum=1)
+    head: str = setting("linear", choices=HEAD_TYPES)
+    head_channels: int = setting(512, minimum=1)
+    head_dropout: float = setting(0.1, minimum=0.0, maximum=1.0)
+    dropout: float = setting(0.0, minimum=0.0, maximum=1.0)
+    dropout_blocks: int = setting(0, minimum=0)
+    init: str = setting("imagenet")
+    freeze_bn: bool = setting(False)
+    channels_last: bool = setting(False)
+
+    def __post_init__(self) -> None:
+        check_section(self, "model")
+        if self.width % 8:
+            raise ConfigError(f"model.width = {self.width} is not valid: use a multiple of 8 (64 = torchvision's "
+                              "ResNet)")
+        if self.width != 64 and self.init != "random":
+            raise ConfigError(f"model.width = {self.width} cannot load pretrained weights (model.init = "
+                              f"{self.init!r}); pretrained ResNets have width 64: set model.init=random or "
+                              "model.width=64")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset and augmentation. ``root`` holds the VOC layout; ``--data-root`` overrides it."""
+    """Dataset and augmentation. ``root`` holds the dataset's layout; ``--data-root`` overrides it.
+    ``train_split`` / ``val_split`` empty: the format's own (``train`` / ``val``; ``train_aug`` for
+    ``voc_aug``), see ``training_split`` / ``validation_split``."""
 
-    dataset: str = "voc"
-    root: str = "data/VOCdevkit/VOC2012"
-    sbd_root: str = ""
-    train_split: str = "train"
-    val_split: str = "val"
-    crop_size: int = 321
-    scale_min: float = 0.5
-    scale_max: float = 1.5
-    flip: bool = True
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    workers: int = 2
-    skip_bad: bool = False
+    dataset: str = setting("voc", choices=DATASETS)
+    root: str = setting("data/VOCdevkit/VOC2012")
+    sbd_root: str = setting("")
+    train_split: str = setting("")
+    val_split: str = setting("")
+    crop_size: int = setting(321, minimum=1)
+    scale_min: float = setting(0.5, above=0.0)
+    scale_max: float = setting(1.5, above=0.0)
+    flip: bool = setting(True)
+    mean: tuple[float, float, float] = setting((0.485, 0.456, 0.406))
+    std: tuple[float, float, float] = setting((0.229, 0.224, 0.225), above=0.0)
+    workers: int = setting(2, minimum=0)
+    skip_bad: bool = setting(False)
+
+    def __post_init__(self) -> None:
+        check_section(self, "data")
+        if self.scale_min > self.scale_max:
+            raise ConfigError(f"data.scale_min ({self.scale_min}) must not exceed data.scale_max ({self.scale_max})")
+
+    @property
+    def training_split(self) -> str:
+        """``train_split``, or the dataset format's default training split."""
+        return self.train_split or DATASETS[self.dataset].default_splits[0]
+
+    @property
+    def validation_split(self) -> str:
+        """``val_split``, or the dataset format's default validation split."""
+        return self.val_split or DATASETS[self.dataset].default_splits[1]
 
 
 @dataclass(frozen=True)
@@ -81,70 +127,76 @@ class LossConfig:
     has IoU above ``box_iou_threshold`` with its ground-truth box.
     """
 
-    bootstrap: bool = True
-    threshold: float | None = 0.6
-    min_kept: int = 512
-    warmup_iterations: int = 0
-    resolution: str = "label"
-    box_bootstrap: bool = True
-    box_iou_threshold: float = 0.8
-    box_min_kept: int = 512
-    instance_weighting: str = "equal"
-    smooth_l1_beta: float = 1.0
-    localization_weight: float = 1.0
+    bootstrap: bool = setting(True)
+    threshold: float | None = setting(0.6, above=0.0, maximum=1.0)
+    min_kept: int = setting(512, minimum=0)
+    warmup_iterations: int = setting(0, minimum=0)
+    resolution: str = setting("label", choices=LOSS_RESOLUTIONS)
+    box_bootstrap: bool = setting(True)
+    box_iou_threshold: float = setting(0.8, minimum=0.0, maximum=1.0)
+    box_min_kept: int = setting(512, minimum=0)
+    instance_weighting: str = setting("equal", choices=INSTANCE_WEIGHTINGS)
+    smooth_l1_beta: float = setting(1.0, minimum=0.0)
+    localization_weight: float = setting(1.0, minimum=0.0)
+
+    def __post_init__(self) -> None:
+        check_section(self, "loss")
+        if self.threshold is None and self.bootstrap and self.min_kept == 0:
+            raise ConfigError("loss.threshold is null and loss.min_kept is 0: bootstrapping would keep no pixel; "
+                              "set loss.min_kept (e.g. 512) or a threshold")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The training loop: SGD with momentum (or AdamW), poly learning-rate decay."""
 
-    optimizer: str = "sgd"
-    iterations: int = 20000
-    batch_size: int = 10
-    lr: float = 0.001
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    poly_power: float = 0.9
-    time_limit_minutes: float = 0.0
-    eval_every: int = 2000
-    checkpoint_every: int = 1000
-    log_every: int = 20
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-    amp: str = "off"
-    compile: bool = False
-    sync_bn: bool = False
-    deterministic: bool = False
+    optimizer: str = setting("sgd", choices=OPTIMIZERS)
+    iterations: int = setting(20000, minimum=1)
+    batch_size: int = setting(10, minimum=1)
+    lr: float = setting(0.001, above=0.0)
+    head_lr_mult: float = setting(10.0, above=0.0)
+    momentum: float = setting(0.9, minimum=0.0, maximum=1.0)
+    weight_decay: float = setting(0.0005, minimum=0.0)
+    poly_power: float = setting(0.9, minimum=0.0)
+    time_limit_minutes: float = setting(0.0, minimum=0.0)
+    eval_every: int = setting(2000, minimum=0)
+    checkpoint_every: int = setting(1000, minimum=0)
+    log_every: int = setting(20, minimum=1)
+    seed: int = setting(0)
+    device: str = setting("auto")
+    threads: int = setting(0, minimum=0)
+    amp: str = setting("off", choices=AMP_MODES)
+    compile: bool = setting(False)
+    sync_bn: bool = setting(False)
+    deterministic: bool = setting(False)
+
+    def __post_init__(self) -> None:
+        check_section(self, "train")
+        if self.deterministic and self.time_limit_minutes > 0:
+            raise ConfigError("train.deterministic is true but train.time_limit_minutes makes the learning rate "
+                              "depend on wall-clock time; set train.time_limit_minutes=0 for reproducible runs")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation and inference. ``max_images`` 0 = the whole split (periodic evaluation may use
-    fewer). Multi-view testing averages class probabilities (and transforms) over ``scales`` and,
-    with ``flip``, their mirror images. ``tile_size`` > 0 predicts large images in overlapping
-    tiles of that size (``tile_overlap`` the overlapping fraction)."""
+    """Evaluation and inference. ``split`` empty: the data's validation split. ``max_images`` 0 =
+    the whole split (periodic evaluation may use fewer). Multi-view testing averages class
+    probabilities (and transforms) over ``scales`` and, with ``flip``, their mirror images.
+    ``tile_size`` > 0 predicts large images in overlapping tiles of that size (``tile_overlap`` the
+    overlapping fraction). ``protocol``: how found instances are matched to the ground truth
+    (``sds``: Hariharan et al., the paper's; ``mnc``: the MNC/FCIS evaluation code's)."""
 
-    split: str = ""
-    max_images: int = 0
-    periodic_max_images: int = 0
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
-    tile_size: int = 0
-    tile_overlap: float = 0.33
+    split: str = setting("")
+    max_images: int = setting(0, minimum=0)
+    periodic_max_images: int = setting(0, minimum=0)
+    scales: tuple[float, ...] = setting((1.0,), above=0.0)
+    flip: bool = setting(False)
+    tile_size: int = setting(0, minimum=0)
+    tile_overlap: float = setting(0.33, minimum=0.0, maximum=0.9)
+    protocol: str = setting("sds", choices=PROTOCOLS)
 
-
-@dataclass(frozen=True)
-class InstanceConfig:
-    """Grouping of score and transform maps into instances (paper section 2.1)."""
-
-    top_n: int = 1
-    nms_threshold: float = 0.5
-    region_nms_threshold: float = 0.5
-    min_cluster_size: int = 2
-    max_instances: int = 100
-    protocol: str = "sds"
+    def __post_init__(self) -> None:
+        check_section(self, "eval")
 
 
 @dataclass(frozen=True)
@@ -155,6 +207,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     instance: InstanceConfig = field(default_factory=InstanceConfig)
+
+    def __post_init__(self) -> None:
+        if self.eval.tile_size and self.eval.tile_size < self.model.output_stride:
+            raise ConfigError(f"eval.tile_size ({self.eval.tile_size}) must be 0 (whole images) or at least the "
+                              f"output stride ({self.model.output_stride})")
+
+    @property
+    def evaluation_split(self) -> str:
+        """``eval.split``, or the data's validation split."""
+        return self.eval.split or self.data.validation_split
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {section: {key: list(value) if isinstance(value, tuple) else value
@@ -173,62 +235,6 @@ class Config:
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig,
                              "eval": EvalConfig, "instance": InstanceConfig}
 
-CHOICES: dict[str, tuple] = {
-    "model.arch": ("semantic", "localization", "joint", "separate"),
-    "model.depth": (18, 34, 50, 101, 152),
-    "model.output_stride": (8, 16, 32),
-    "model.kernel": (1, 3, 5, 7),
-    "model.head": ("linear", "nonlinear"),
-    "data.dataset": ("voc", "voc_aug", "sbd", "cityscapes", "context", "context59"),
-    "train.amp": ("off", "bf16", "fp16"),
-    "loss.resolution": ("label", "output"),
-    "train.optimizer": ("sgd", "adamw"),
-    "loss.instance_weighting": ("equal", "box", "sqrt", "none"),
-    "instance.protocol": ("sds", "mnc"),
-}
-
-# (minimum, maximum, inclusive minimum?) for numbers; None = unbounded
-RANGES: dict[str, tuple[float | None, float | None, bool]] = {
-    "model.width": (8, None, True),
-    "model.dilation": (1, None, True),
-    "model.head_channels": (1, None, True),
-    "model.head_dropout": (0.0, 1.0, True),
-    "model.dropout": (0.0, 1.0, True),
-    "model.dropout_blocks": (0, None, True),
-    "data.crop_size": (1, None, True),
-    "data.scale_min": (0.0, None, False),
-    "data.scale_max": (0.0, None, False),
-    "data.workers": (0, None, True),
-    "loss.threshold": (0.0, 1.0, False),
-    "loss.min_kept": (0, None, True),
-    "loss.warmup_iterations": (0, None, True),
-    "loss.box_iou_threshold": (0.0, 1.0, True),
-    "loss.box_min_kept": (0, None, True),
-    "loss.smooth_l1_beta": (0.0, None, True),
-    "loss.localization_weight": (0.0, None, True),
-    "train.iterations": (1, None, True),
-    "train.batch_size": (1, None, True),
-    "train.lr": (0.0, None, False),
-    "train.head_lr_mult": (0.0, None, False),
-    "train.momentum": (0.0, 1.0, True),
-    "train.weight_decay": (0.0, None, True),
-    "train.poly_power": (0.0, None, True),
-    "train.time_limit_minutes": (0.0, None, True),
-    "train.eval_every": (0, None, True),
-    "train.checkpoint_every": (0, None, True),
-    "train.log_every": (1, None, True),
-    "train.threads": (0, None, True),
-    "eval.max_images": (0, None, True),
-    "eval.periodic_max_images": (0, None, True),
-    "eval.tile_size": (0, None, True),
-    "eval.tile_overlap": (0.0, 0.9, True),
-    "instance.top_n": (1, None, True),
-    "instance.nms_threshold": (0.0, 1.0, True),
-    "instance.region_nms_threshold": (0.0, 1.0, True),
-    "instance.min_cluster_size": (1, None, True),
-    "instance.max_instances": (1, None, True),
-}
-
 
 def _split_key(dotted: str) -> tuple[str, str]:
     section, _, key = dotted.partition(".")
@@ -238,117 +244,56 @@ def _split_key(dotted: str) -> tuple[str, str]:
     return section, key
 
 
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+def _migrated(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the keys of ``MOVED_KEYS`` under their new names (for configs stored in old checkpoints)."""
+    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for old, new in MOVED_KEYS.items():
+        old_section, old_key = old.split(".")
+        if isinstance(raw.get(old_section), dict) and old_key in raw[old_section]:
+            new_section, new_key = new.split(".")
+            raw.setdefault(new_section, {}).setdefault(new_key, raw[old_section].pop(old_key))
+    return raw
 
 
-def _coerce(dotted: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field's type; ints are accepted for floats, lists for tuples."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        inner = [option for option in options if option is not type(None)]
-        return _coerce(dotted, value, inner[0])
-    if origin is tuple and typing.get_args(annotation)[-1] is Ellipsis:
-        item_type = typing.get_args(annotation)[0]
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"{dotted} must be a non-empty list of numbers, got {value!r}")
-        return tuple(_coerce(dotted, item, item_type) for item in value)
-    if origin is tuple:
-        item_types = typing.get_args(annotation)
-        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
-            raise ConfigError(f"{dotted} must be a list of {len(item_types)} numbers, got {value!r}")
-        return tuple(_coerce(dotted, item, item_type) for item, item_type in zip(value, item_types))
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{dotted} must be {_type_name(annotation)}, got {value!r}")
+def _section(section: str, values: Any) -> Any:
+    """One section dataclass from its ``{key: value}`` mapping (types coerced, values checked)."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
+    cls = SECTIONS[section]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{section}.{key}"
+        if dotted in MOVED_KEYS:
+            raise ConfigError(f"config key {dotted!r} is now {MOVED_KEYS[dotted]!r}; rename it")
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), fields, n=1)
+            raise ConfigError(f"unknown config key {dotted!r}" + (f" (did you mean {section}.{hint[0]}?)" if hint else "")
+                              + f"; valid keys of {section!r}: {sorted(fields)}")
+        kwargs[key] = coerce(dotted, value, hints[key])
+    return cls(**kwargs)
 
 
-def _validate(dotted: str, value: Any) -> None:
-    if dotted in CHOICES and value not in CHOICES[dotted]:
-        raise ConfigError(f"{dotted} = {value!r} is not valid; choose one of {list(CHOICES[dotted])}")
-    if dotted in RANGES and value is not None:
-        low, high, inclusive = RANGES[dotted]
-        if low is not None and (value < low or (value == low and not inclusive)):
-            raise ConfigError(f"{dotted} = {value!r} is out of range: it must be {'>=' if inclusive else '>'} {low}")
-        if high is not None and value > high:
-            raise ConfigError(f"{dotted} = {value!r} is out of range: it must be <= {high}")
+def config_from_dict(raw: dict[str, Any] | None, migrate: bool = False) -> Config:
+    """Build and validate a ``Config`` from ``{section: {key: value}}``.
 
-
-def config_from_dict(raw: dict[str, Any] | None) -> Config:
-    """Build and validate a ``Config`` from ``{section: {key: value}}``."""
+    ``migrate=True`` (for configs stored in checkpoints) first renames the keys of ``MOVED_KEYS``;
+    otherwise a moved key is an error that gives its new name.
+    """
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections {list(SECTIONS)}, got {type(raw).__name__}")
-    sections = {}
-    for section, values in raw.items():
+    for section in raw:
         if section not in SECTIONS:
             hint = difflib.get_close_matches(str(section), SECTIONS, n=1)
             raise ConfigError(f"unknown config section {section!r}"
                               + (f" (did you mean {hint[0]!r}?)" if hint else "")
                               + f"; valid sections: {list(SECTIONS)}")
-        values = values or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
-        cls = SECTIONS[section]
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for key, value in values.items():
-            dotted = f"{section}.{key}"
-            if key not in fields:
-                hint = difflib.get_close_matches(str(key), fields, n=1)
-                raise ConfigError(f"unknown config key {dotted!r}" + (f" (did you mean {section}.{hint[0]}?)" if hint else "")
-                                  + f"; valid keys of {section!r}: {sorted(fields)}")
-            value = _coerce(dotted, value, hints[key])
-            _validate(dotted, value)
-            kwargs[key] = value
-        sections[section] = cls(**kwargs)
-    config = Config(**sections)
-    _check_consistency(config)
-    return config
-
-
-def _check_consistency(config: Config) -> None:
-    data = config.data
-    model = config.model
-    if model.width % 8:
-        raise ConfigError(f"model.width = {model.width} is not valid: use a multiple of 8 (64 = torchvision's ResNet)")
-    if model.width != 64 and model.init != "random":
-        raise ConfigError(f"model.width = {model.width} cannot load pretrained weights (model.init = {model.init!r}); "
-                          "pretrained ResNets have width 64: set model.init=random or model.width=64")
-    if data.scale_min > data.scale_max:
-        raise ConfigError(f"data.scale_min ({data.scale_min}) must not exceed data.scale_max ({data.scale_max})")
-    if config.train.deterministic and config.train.time_limit_minutes > 0:
-        raise ConfigError("train.deterministic is true but train.time_limit_minutes makes the learning rate depend "
-                          "on wall-clock time; set train.time_limit_minutes=0 for reproducible runs")
-    if any(scale <= 0 for scale in config.eval.scales):
-        raise ConfigError(f"eval.scales must all be > 0, got {list(config.eval.scales)}")
-    if config.eval.tile_size and config.eval.tile_size < config.model.output_stride:
-        raise ConfigError(f"eval.tile_size ({config.eval.tile_size}) must be 0 (whole images) or at least the "
-                          f"output stride ({config.model.output_stride})")
-    if config.loss.threshold is None and config.loss.bootstrap and config.loss.min_kept == 0:
-        raise ConfigError("loss.threshold is null and loss.min_kept is 0: bootstrapping would keep no pixel; "
-                          "set loss.min_kept (e.g. 512) or a threshold")
+    if migrate:
+        raw = _migrated(raw)
+    return Config(**{section: _section(section, values) for section, values in raw.items()})
 
 
 def parse_override(text: str) -> tuple[str, Any]:

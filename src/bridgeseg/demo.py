@@ -20,9 +20,9 @@ import numpy as np
 from .config import load_config, packaged_config_dir
 from .data.loading import build_dataset
 from .data.synthetic import TRAIN_IMAGES, VAL_IMAGES, generate_dataset, is_generated
-from .engine.distributed import resolve_device
+from .distributed import resolve_device
 from .engine.train import train
-from .inference import Predictor
+from .predictor import Predictor
 from .report import markdown_metrics, metrics_table
 from .visualize import colorize, instance_map_overlay, instance_overlay, panel, semantic_overlay, stack_vertically
 
@@ -35,7 +35,7 @@ def draw_overlays(predictor: Predictor, config, out_dir: Path, count: int = OVER
     """Pictures of ``count`` validation images: image | ground truth | prediction (semantic, then
     instances when the model has a localization head), predicted with the config's test views.
     Returns the files written."""
-    dataset = build_dataset(config.data, config.data.val_split, with_instances=True)
+    dataset = build_dataset(config.data, config.data.validation_split, with_instances=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, paths = [], []
     for index in range(min(count, len(dataset))):

@@ -4,7 +4,7 @@ The exported graph takes a normalised image batch ``image`` (N, 3, H, W) (``(pix
 std`` with the checkpoint's ``data.mean`` / ``data.std``) and returns ``semantic`` logits
 (N, C, h, w) and, for models with a localization head, ``localization`` transforms
 (N, 4 (C - 1), h, w), both at the output stride (h = ceil(H / s), position i on pixel i * s).
-Softmax, upsampling and instance grouping stay in Python (``bridgeseg.inference``).
+Softmax, upsampling and instance grouping stay in Python (``bridgeseg.predictor``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from .data.augment import to_tensors
+from .models.build import load_trained_model
+from .predictor import load_image
 
 OUTPUT_NAMES = ("semantic", "localization")
 
@@ -42,10 +46,8 @@ def _require(package: str) -> None:
 
 def _load(checkpoint: str | Path) -> tuple[nn.Module, tuple[str, ...], object]:
     """(model on the CPU in eval mode, output names present, the checkpoint's config)."""
-    from .engine.checkpoint import load_trained_model
-
     model, _, config = load_trained_model(checkpoint)
-    return model, tuple(name for name in OUTPUT_NAMES if name in model.field_of_view), config
+    return model, tuple(name for name in OUTPUT_NAMES if name in model.heads), config
 
 
 def export_onnx(checkpoint: str | Path, path: str | Path, image_size: tuple[int, int] = (512, 512),
@@ -103,9 +105,6 @@ def _check_input(image, config) -> torch.Tensor:
         return image.detach().float().cpu()
     if isinstance(image, np.ndarray) and not (image.ndim == 3 and image.dtype == np.uint8):
         return torch.from_numpy(image).float()  # already normalised
-    from .data.transforms import to_tensors
-    from .inference import load_image
-
     return to_tensors({"image": load_image(image)}, config.data.mean, config.data.std)["image"].unsqueeze(0)
 
 

@@ -14,20 +14,17 @@ The paper's test-time pipeline, steps 3-6 (steps 1-2 are the two networks):
    hypotheses (``cluster_votes``).
 5. **Trace-back.** Every candidate joins the kept box that suppressed it: the first kept box, in
    descending score order, whose IoU with its vote exceeds the NMS threshold. The cluster is the
-   instance mask on the grid, upsampled to the image like ``bridgeseg.models.fcrn.resize_to_input``
+   instance mask on the grid, upsampled to the image like ``bridgeseg.geometry.resize_to_input``
    (bilinear, ``align_corners=True`` onto the (h - 1) * stride + 1 grid, edge replicate) and
    thresholded at 0.5; its confidence is the mean class probability of its candidates.
 6. **Clean-up.** Clusters smaller than ``min_cluster_size`` grid pixels are dropped, region NMS
    (mask IoU on the grid, per class, greedy by score; ``region_nms``) removes duplicate
    hypotheses, and the ``max_instances`` best are kept. The clusters of one class are disjoint,
    so region NMS matters when several candidate masks per class are grouped
-   (``GroupingParams.per_rank_masks``) or when hypotheses of several runs are merged.
+   (``InstanceConfig.per_rank_masks``) or when hypotheses of several runs are merged.
 
-Scalability: identical votes (boxes equal up to ``vote_quantum`` pixels) are merged before NMS,
-so ground-truth ("oracle") inputs, where all pixels of an instance vote the same box, cost one
-NMS entry per instance even at stride 1. Distinct votes are clustered in exact rounds of at most
-``nms_chunk_size`` NMS entries (torchvision's CUDA NMS needs O(n^2) memory), and the
-(votes x kept boxes) IoU comparisons of the trace-back are chunked.
+The NMS steps (and their scalability: merged identical votes, chunked rounds) are in
+``bridgeseg.nms``.
 """
 
 from __future__ import annotations
@@ -35,13 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchvision.ops import box_iou, nms
 
-from .models.fcrn import resize_to_input
+from .geometry import resize_to_input
+from .nms import cluster_votes, greedy_keep
+from .settings import check_section, setting
 from .targets import decode_boxes
 
-MASK_THRESHOLD = 0.5  # an upsampled cluster indicator >= this is inside the instance mask
-_IOU_CHUNK_ELEMENTS = 1 << 22  # largest (votes x kept boxes) IoU block computed at once
 _UPSAMPLE_CHUNK = 16  # masks upsampled together (float (chunk, H, W) intermediate)
 
 
@@ -78,8 +74,12 @@ class Instances:
 
 
 @dataclass(frozen=True)
-class GroupingParams:
-    """Settings of ``group_instances``. The paper gives none of these numbers except top-n.
+class InstanceConfig:
+    """The ``instance:`` config section: every setting of ``group_instances``, checked when built.
+
+    The paper gives none of these numbers except top-n. One type serves the YAML config, ``--set``
+    overrides and Python callers (``InstanceConfig(top_n=2)``); a value out of range is a
+    ``ConfigError`` naming ``instance.<key>`` and its range.
 
     Attributes:
         top_n: a pixel is a candidate of every class among its ``top_n`` highest scores (paper's
@@ -108,38 +108,23 @@ class GroupingParams:
             any value (it proceeds in rounds). Bounds torchvision's O(n^2) CUDA NMS memory.
         vote_quantum: votes whose box coordinates round to the same multiple of this (pixels)
             are merged into one NMS entry scored by its best vote. 0 merges exact duplicates only.
+        mask_threshold: an upsampled cluster indicator at or above this is inside the mask.
     """
 
-    top_n: int = 1
-    nms_threshold: float = 0.5
-    region_nms_threshold: float = 0.5
-    min_cluster_size: int = 1
-    min_score: float = 0.0
-    max_instances: int = 100
-    per_rank_masks: bool = False
-    pre_nms_top_k: int | None = None
-    nms_chunk_size: int = 8192
-    vote_quantum: float = 1.0 / 16
+    top_n: int = setting(1, minimum=1)
+    nms_threshold: float = setting(0.5, minimum=0.0, below=1.0)
+    region_nms_threshold: float = setting(0.5, minimum=0.0, below=1.0)
+    min_cluster_size: int = setting(1, minimum=1)
+    min_score: float = setting(0.0, minimum=0.0, maximum=1.0)
+    max_instances: int = setting(100, minimum=1)
+    per_rank_masks: bool = setting(False)
+    pre_nms_top_k: int | None = setting(None, minimum=1)
+    nms_chunk_size: int = setting(8192, minimum=1)
+    vote_quantum: float = setting(1.0 / 16, minimum=0.0)
+    mask_threshold: float = setting(0.5, above=0.0, maximum=1.0)
 
     def __post_init__(self) -> None:
-        if self.top_n < 1:
-            raise ValueError(f"top_n must be >= 1, got {self.top_n}")
-        for name in ("nms_threshold", "region_nms_threshold"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.min_cluster_size < 1 or self.max_instances < 0 or self.nms_chunk_size < 1:
-            raise ValueError("min_cluster_size and nms_chunk_size must be >= 1, max_instances >= 0")
-        if self.pre_nms_top_k is not None and self.pre_nms_top_k < 1:
-            raise ValueError(f"pre_nms_top_k must be None or >= 1, got {self.pre_nms_top_k}")
-        if self.vote_quantum < 0:
-            raise ValueError(f"vote_quantum must be >= 0, got {self.vote_quantum}")
-
-    @classmethod
-    def from_config(cls, config) -> "GroupingParams":
-        """From a ``bridgeseg.config.InstanceConfig`` (the ``instance:`` config section)."""
-        return cls(top_n=config.top_n, nms_threshold=config.nms_threshold,
-                   region_nms_threshold=config.region_nms_threshold,
-                   min_cluster_size=config.min_cluster_size, max_instances=config.max_instances)
+        check_section(self, "instance")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,170 +164,6 @@ def vote_boxes(transforms: torch.Tensor, stride: int) -> torch.Tensor:
     if channels % 4:
         raise ValueError(f"a transform map needs 4 channels per class, got {channels}")
     return decode_boxes(transforms.reshape(channels // 4, 4, height, width), stride)
-
-
-# ----------------------------------------------------------------------------------------------
-# Steps 4-5: NMS over the votes and trace-back
-# ----------------------------------------------------------------------------------------------
-
-def _merge_identical_votes(boxes: torch.Tensor, scores: torch.Tensor, quantum: float):
-    """Group votes whose boxes agree up to ``quantum`` pixels.
-
-    Returns:
-        ``(representative, group_scores, inverse)``: (U,) index of each group's best vote (the
-        lowest index among ties), (U,) its score, and (P,) each vote's group.
-    """
-    keys = torch.round(boxes / quantum).long() if quantum > 0 else boxes
-    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    groups = int(inverse.max()) + 1
-    group_scores = scores.new_zeros(groups).scatter_reduce(0, inverse, scores, "amax", include_self=False)
-    index = torch.arange(len(scores), device=scores.device)
-    is_best = scores == group_scores[inverse]
-    representative = torch.full((groups,), len(scores), dtype=torch.long, device=scores.device)
-    representative.scatter_reduce_(0, inverse[is_best], index[is_best], "amin")
-    return representative, group_scores, inverse
-
-
-def _first_covering_box(boxes: torch.Tensor, kept_boxes: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(P,) index of the first of ``kept_boxes`` (K, 4) with IoU > threshold with each box, -1 if none."""
-    rows = max(1, _IOU_CHUNK_ELEMENTS // max(1, len(kept_boxes)))
-    parts = []
-    for start in range(0, len(boxes), rows):
-        covers = box_iou(boxes[start:start + rows], kept_boxes) > threshold
-        first = covers.int().argmax(dim=1)  # argmax returns the first maximum
-        parts.append(torch.where(covers.any(dim=1), first, -1))
-    return torch.cat(parts) if parts else boxes.new_zeros(0, dtype=torch.long)
-
-
-def _greedy_nms_with_traceback(boxes: torch.Tensor, threshold: float, chunk_size: int,
-                               max_rounds: int | None):
-    """Greedy NMS + trace-back of boxes already sorted by descending score.
-
-    Works in rounds: NMS over the first ``chunk_size`` unassigned boxes, then every unassigned
-    box is traced back to the boxes kept in this round. Boxes left unassigned can only be kept
-    by, or traced to, later boxes, so the rounds reproduce one greedy NMS over all boxes.
-
-    Returns:
-        ``(kept, assignment)``: (K,) positions of the kept boxes, ascending; (U,) long, the row in
-        ``kept`` of each box's cluster (-1 only when ``max_rounds`` stopped early).
-    """
-    assignment = torch.full((len(boxes),), -1, dtype=torch.long, device=boxes.device)
-    pending = torch.arange(len(boxes), device=boxes.device)
-    kept_parts, num_kept, rounds = [], 0, 0
-    while len(pending) and (max_rounds is None or rounds < max_rounds):
-        chunk = pending[:chunk_size]
-        # scores by rank: torchvision's NMS then follows our stable order, ties included
-        rank_scores = torch.arange(len(chunk), 0, -1, device=boxes.device, dtype=boxes.dtype)
-        kept = chunk[nms(boxes[chunk], rank_scores, threshold).sort().values]
-        assignment[kept] = torch.arange(num_kept, num_kept + len(kept), device=boxes.device)
-        rest = pending[assignment[pending] < 0]
-        cover = _first_covering_box(boxes[rest], boxes[kept], threshold)
-        assignment[rest] = torch.where(cover >= 0, cover + num_kept, -1)
-        pending = rest[cover < 0]  # float ties at the threshold carry over and are kept later
-        kept_parts.append(kept)
-        num_kept += len(kept)
-        rounds += 1
-    kept = torch.cat(kept_parts) if kept_parts else pending[:0]
-    return kept, assignment
-
-
-def cluster_votes(boxes: torch.Tensor, scores: torch.Tensor, nms_threshold: float,
-                  chunk_size: int = 8192, top_k: int | None = None,
-                  quantum: float = 1.0 / 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy NMS over the votes of one class, and the kept box each vote is traced back to.
-
-    Votes whose boxes agree up to ``quantum`` pixels form one NMS entry (scored by, and
-    represented by the box of, their best vote) and share its cluster.
-
-    Args:
-        boxes: (P, 4) xyxy votes.
-        scores: (P,) their scores.
-        nms_threshold: box IoU above which a vote is suppressed by / traced back to a kept box.
-        chunk_size: most entries handed to one torchvision NMS call (the result does not
-            depend on it).
-        top_k: None: exact greedy NMS. k: only the k best entries can be kept; votes no kept box
-            covers get assignment -1.
-        quantum: the vote-merging grid in pixels (0: exact duplicates only).
-
-    Returns:
-        ``(kept, assignment)``: (K,) long indices into the P votes of the kept boxes, in
-        descending score order (ties: lower index first); (P,) long, each vote's cluster
-        0..K-1, the first kept box whose IoU with it exceeds ``nms_threshold`` (a kept vote
-        maps to itself).
-    """
-    device = boxes.device
-    if len(boxes) == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty.clone()
-    boxes = boxes if boxes.dtype in (torch.float32, torch.float64) else boxes.float()
-    scores = scores.to(boxes.dtype)
-    representative, group_scores, inverse = _merge_identical_votes(boxes, scores, quantum)
-    order = _descending(group_scores, representative)
-    max_rounds = None if top_k is None else 1
-    size = chunk_size if top_k is None else top_k
-    kept_positions, group_assignment = _greedy_nms_with_traceback(boxes[representative[order]],
-                                                                  nms_threshold, size, max_rounds)
-    assignment = torch.empty_like(group_assignment)
-    assignment[order] = group_assignment
-    return representative[order[kept_positions]], assignment[inverse]
-
-
-def _descending(scores: torch.Tensor, tie_break: torch.Tensor) -> torch.Tensor:
-    """Permutation sorting ``scores`` descending, equal scores by ascending ``tie_break``."""
-    by_tie = tie_break.argsort(stable=True)
-    return by_tie[scores[by_tie].argsort(descending=True, stable=True)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Step 6: region NMS
-# ----------------------------------------------------------------------------------------------
-
-def _greedy_keep(iou: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy NMS given a (K, K) IoU matrix: (K,) bool, which entries survive.
-
-    Vectorised fixed-point iteration of "kept iff no earlier kept entry overlaps it": entry j is
-    settled once all earlier ones are, so it converges (to the unique greedy answer) in at most
-    K rounds, in practice as many as the longest suppression chain.
-    """
-    order = scores.argsort(descending=True, stable=True)
-    suppresses = (iou[order][:, order] > threshold).triu(diagonal=1)  # [i, j]: earlier i hits j
-    keep = torch.ones(len(order), dtype=torch.bool, device=iou.device)
-    for _ in range(len(order)):
-        updated = ~(suppresses & keep.unsqueeze(1)).any(dim=0)
-        if torch.equal(updated, keep):
-            break
-        keep = updated
-    survives = torch.empty_like(keep)
-    survives[order] = keep
-    return survives
-
-
-def mask_iou(masks: torch.Tensor) -> torch.Tensor:
-    """(K, ...) bool masks -> (K, K) float pairwise IoU (0 between two empty masks)."""
-    flat = masks.flatten(1).float()
-    area = flat.sum(dim=1)
-    inter = flat @ flat.T
-    return inter / (area.unsqueeze(1) + area.unsqueeze(0) - inter).clamp(min=1)
-
-
-def region_nms(masks: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy NMS on mask IoU among hypotheses of the same class (SDS-style region NMS).
-
-    Args:
-        masks: (K, H, W) bool.
-        scores: (K,) float.
-        labels: (K,) long classes; hypotheses of different classes never suppress each other.
-        threshold: a hypothesis overlapping a better one of its class by IoU > threshold goes.
-
-    Returns:
-        (K',) long indices of the survivors, by descending score (ties: lower index first).
-    """
-    survives = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
-    for label in labels.unique().tolist():
-        members = (labels == label).nonzero().squeeze(1)
-        survives[members] = _greedy_keep(mask_iou(masks[members]), scores[members], threshold)
-    kept = survives.nonzero().squeeze(1)
-    return kept[scores[kept].argsort(descending=True, stable=True)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,7 +209,7 @@ class _ClassHypotheses:
 
 
 def _cluster_pass(votes: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor, first_id: int,
-                  params: GroupingParams):
+                  settings: InstanceConfig):
     """Cluster one candidate mask of one class.
 
     Args:
@@ -400,8 +221,8 @@ def _cluster_pass(votes: torch.Tensor, scores: torch.Tensor, candidates: torch.T
     """
     pixels = candidates.nonzero().squeeze(1)
     pixel_scores = scores[pixels]
-    kept, assignment = cluster_votes(votes[:, pixels].T, pixel_scores, params.nms_threshold,
-                                     params.nms_chunk_size, params.pre_nms_top_k, params.vote_quantum)
+    kept, assignment = cluster_votes(votes[:, pixels].T, pixel_scores, settings.nms_threshold,
+                                     settings.nms_chunk_size, settings.pre_nms_top_k, settings.vote_quantum)
     boxes = votes[:, pixels[kept]].T
     member = assignment >= 0
     pixels, assignment, pixel_scores = pixels[member], assignment[member], pixel_scores[member]
@@ -413,7 +234,7 @@ def _cluster_pass(votes: torch.Tensor, scores: torch.Tensor, candidates: torch.T
 
 
 def _class_hypotheses(votes: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor,
-                      params: GroupingParams) -> _ClassHypotheses:
+                      settings: InstanceConfig) -> _ClassHypotheses:
     """Steps 4-6 for one class: clusters of every pass, size filter, region NMS.
 
     Args:
@@ -421,25 +242,26 @@ def _class_hypotheses(votes: torch.Tensor, scores: torch.Tensor, candidates: tor
     """
     maps, all_scores, all_boxes, next_id = [], [], [], 0
     for pass_candidates in candidates:
-        cluster_map, pass_scores, pass_boxes = _cluster_pass(votes, scores, pass_candidates, next_id, params)
+        cluster_map, pass_scores, pass_boxes = _cluster_pass(votes, scores, pass_candidates, next_id, settings)
         maps.append(cluster_map)
         all_scores.append(pass_scores)
         all_boxes.append(pass_boxes)
         next_id += len(pass_scores)
     hypotheses = _ClassHypotheses(torch.stack(maps), torch.cat(all_scores), torch.cat(all_boxes))
-    hypotheses = hypotheses.select(hypotheses.sizes() >= params.min_cluster_size)
+    hypotheses = hypotheses.select(hypotheses.sizes() >= settings.min_cluster_size)
     if len(candidates) > 1 and len(hypotheses.scores) > 1:
-        hypotheses = hypotheses.select(_greedy_keep(hypotheses.overlaps(), hypotheses.scores,
-                                                    params.region_nms_threshold))
+        hypotheses = hypotheses.select(greedy_keep(hypotheses.overlaps(), hypotheses.scores,
+                                                    settings.region_nms_threshold))
     return hypotheses
 
 
-def upsample_masks(masks: torch.Tensor, stride: int, image_size: tuple[int, int]) -> torch.Tensor:
-    """Grid masks -> image masks with the geometry of ``bridgeseg.models.fcrn.resize_to_input``.
+def upsample_masks(masks: torch.Tensor, stride: int, image_size: tuple[int, int],
+                   threshold: float = 0.5) -> torch.Tensor:
+    """Grid masks -> image masks with the geometry of ``bridgeseg.geometry.resize_to_input``.
 
     The indicator is resampled bilinearly with ``align_corners=True`` onto the
     (h - 1) * stride + 1 grid (position i on input pixel i * stride), rows and columns past the
-    last centre repeat the edge, and the result is thresholded at ``MASK_THRESHOLD`` (>=).
+    last centre repeat the edge, and the result is thresholded at ``threshold`` (>=).
 
     Args:
         masks: (K, h, w) bool.
@@ -453,14 +275,14 @@ def upsample_masks(masks: torch.Tensor, stride: int, image_size: tuple[int, int]
     out = torch.zeros(masks.shape[0], *image_size, dtype=torch.bool, device=masks.device)
     for start in range(0, masks.shape[0], _UPSAMPLE_CHUNK):
         chunk = masks[start:start + _UPSAMPLE_CHUNK].unsqueeze(0).float()
-        out[start:start + _UPSAMPLE_CHUNK] = resize_to_input(chunk, image_size, stride)[0] >= MASK_THRESHOLD
+        out[start:start + _UPSAMPLE_CHUNK] = resize_to_input(chunk, image_size, stride)[0] >= threshold
     return out
 
 
-def _pass_candidates(probs: torch.Tensor, params: GroupingParams) -> torch.Tensor:
+def _pass_candidates(probs: torch.Tensor, settings: InstanceConfig) -> torch.Tensor:
     """(R, C - 1, h, w) bool candidate masks, one per pass (R = top_n with per_rank_masks, else 1)."""
-    ranks = range(1, params.top_n + 1) if params.per_rank_masks else (params.top_n,)
-    confident = probs[1:] >= params.min_score
+    ranks = range(1, settings.top_n + 1) if settings.per_rank_masks else (settings.top_n,)
+    confident = probs[1:] >= settings.min_score
     return torch.stack([candidate_masks(probs, rank) & confident for rank in ranks])
 
 
@@ -485,7 +307,7 @@ def _paint_clusters(grid_masks: torch.Tensor, hypotheses: _ClassHypotheses, rows
 
 
 def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, image_size: tuple[int, int],
-                    params: GroupingParams = GroupingParams()) -> Instances:
+                    settings: InstanceConfig = InstanceConfig()) -> Instances:
     """Instances of one image from its semantic and localization outputs (paper section 2.1).
 
     Args:
@@ -494,7 +316,7 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
         transforms: (4 * (C - 1), h, w) on the same grid (``bridgeseg.targets`` encoding).
         stride: the grid's stride in input pixels.
         image_size: (H, W) of the input image.
-        params: see ``GroupingParams``.
+        settings: see ``InstanceConfig``.
 
     Returns:
         ``Instances`` on the inputs' device, by descending score: masks (K, H, W).
@@ -502,21 +324,21 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
     _check_inputs(probs, transforms)
     height, width = probs.shape[-2:]
     probs = probs.float()
-    candidates = _pass_candidates(probs, params).flatten(2)  # (R, C - 1, h * w)
+    candidates = _pass_candidates(probs, settings).flatten(2)  # (R, C - 1, h * w)
     votes = vote_boxes(transforms.float(), stride).flatten(2)  # (C - 1, 4, h * w)
     flat_probs = probs.flatten(1)
     present = candidates.any(dim=2).any(dim=0).nonzero().squeeze(1).tolist()
-    per_class = {k: _class_hypotheses(votes[k], flat_probs[k + 1], candidates[:, k], params) for k in present}
+    per_class = {k: _class_hypotheses(votes[k], flat_probs[k + 1], candidates[:, k], settings) for k in present}
     per_class = {k: hyp for k, hyp in per_class.items() if len(hyp.scores)}
-    if not per_class or params.max_instances == 0:
+    if not per_class:
         return Instances.empty(image_size, probs.device)
     scores = torch.cat([hyp.scores for hyp in per_class.values()])
     labels = torch.cat([torch.full_like(hyp.scores, k + 1, dtype=torch.long) for k, hyp in per_class.items()])
     boxes = torch.cat([hyp.boxes for hyp in per_class.values()])
     local_ids = torch.cat([torch.arange(len(hyp.scores), device=probs.device) for hyp in per_class.values()])
-    best = scores.argsort(descending=True, stable=True)[:params.max_instances]
+    best = scores.argsort(descending=True, stable=True)[:settings.max_instances]
     grid_masks = torch.zeros(len(best), height * width, dtype=torch.bool, device=probs.device)
     for k, hyp in per_class.items():
         _paint_clusters(grid_masks, hyp, (labels[best] == k + 1).nonzero().squeeze(1), local_ids[best])
-    masks = upsample_masks(grid_masks.view(-1, height, width), stride, image_size)
+    masks = upsample_masks(grid_masks.view(-1, height, width), stride, image_size, settings.mask_threshold)
     return Instances(masks=masks, labels=labels[best], scores=scores[best], boxes=boxes[best])

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .config import LossConfig
-from .engine import distributed
-from .models.fcrn import resize_to_input
+from .geometry import resize_to_input
 from .targets import box_targets, class_transforms, decode_boxes, elementwise_box_iou
 
 

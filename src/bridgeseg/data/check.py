@@ -8,9 +8,8 @@ stopping at the first; ``format_report`` prints the result::
     print(format_report(report))
     if not report.ok: ...
 
-Dataset names: ``voc`` (VOC layout, also the synthetic dataset), ``voc_aug`` (VOC 2012 + SBD,
-needs ``sbd_root`` unless ``prepare_voc_aug`` has run), ``sbd``, ``cityscapes``, ``context``
-(60 classes) and ``context59``.
+Dataset names are those of ``bridgeseg.data.registry`` (``voc_aug`` needs ``sbd_root`` unless
+``prepare_voc_aug`` has run); each format's default splits are checked unless ``split`` is given.
 
 Problems (``kind``; errors make ``CheckReport.ok`` False, warnings do not):
 
@@ -41,11 +40,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .base import label_size_problem, label_value_problem
 from .io import VOID, read_image
+from .registry import dataset_class, open_dataset
 
-DATASET_NAMES = ("voc", "voc_aug", "sbd", "cityscapes", "context", "context59")
-DEFAULT_SPLITS = {"voc": ("train", "val"), "voc_aug": ("train_aug", "val"), "sbd": ("train", "val"),
-                  "cityscapes": ("train", "val"), "context": ("train", "val"), "context59": ("train", "val")}
 ERROR, WARNING = "error", "warning"
 
 
@@ -106,38 +104,6 @@ class CheckReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Opening the datasets
-
-
-def open_dataset(dataset_name: str, root: str | Path, split: str, sbd_root: str | Path | None = None):
-    """The dataset object of ``dataset_name`` for ``split``, with instances where the root has them."""
-    root = Path(root)
-    if dataset_name == "voc":
-        from .voc import VOCSegmentation
-
-        return VOCSegmentation(root, split, with_instances=(root / "SegmentationObject").is_dir())
-    if dataset_name == "voc_aug":
-        from .sbd import VOCAugSegmentation
-
-        return VOCAugSegmentation(root, sbd_root, split)
-    if dataset_name == "sbd":
-        from .sbd import SBDSegmentation
-
-        return SBDSegmentation(root, split, with_instances=(root / "inst").is_dir())
-    if dataset_name == "cityscapes":
-        from .cityscapes import CityscapesSegmentation
-
-        has_instances = next((root / "gtFine").glob("*/*/*_gtFine_instanceIds.png"), None) is not None \
-            if (root / "gtFine").is_dir() else False
-        return CityscapesSegmentation(root, split, with_instances=has_instances)
-    if dataset_name in ("context", "context59"):
-        from .context import PascalContext
-
-        return PascalContext(root, split, num_classes=60 if dataset_name == "context" else 59)
-    raise ValueError(f"unknown dataset {dataset_name!r}; choose one of {', '.join(DATASET_NAMES)}")
-
-
-# ---------------------------------------------------------------------------------------------
 # Checking one image
 
 
@@ -166,21 +132,14 @@ def _read(reader, name: str, path: Path, problems: list[Problem]) -> np.ndarray 
         return None
 
 
-def _size_problem(label: np.ndarray, size: tuple[int, int], path: Path, what: str) -> Problem | None:
-    if label.shape == tuple(size):
-        return None
-    return Problem("size_mismatch", str(path), f"label {path} is {label.shape[1]}x{label.shape[0]} but its {what} is "
-                                               f"{size[1]}x{size[0]} (width x height); they must match")
+def _size_problem(label: np.ndarray, size: tuple[int, int], path: Path) -> Problem | None:
+    problem = label_size_problem(label, size)
+    return Problem("size_mismatch", str(path), f"label {path} {problem}") if problem else None
 
 
 def _value_problem(semantic: np.ndarray, num_classes: int, path: Path) -> Problem | None:
-    bad = ((semantic < 0) | (semantic >= num_classes)) & (semantic != VOID)
-    if not bad.any():
-        return None
-    values = np.unique(semantic[bad])
-    shown = ", ".join(str(int(v)) for v in values[:8]) + (", ..." if len(values) > 8 else "")
-    return Problem("label_value", str(path), f"label {path} has values {shown} on {int(bad.sum())} pixels; valid are "
-                                             f"0..{num_classes - 1} and 255 (void)")
+    problem = label_value_problem(semantic, num_classes)
+    return Problem("label_value", str(path), f"label {path} {problem}") if problem else None
 
 
 def instance_problems(semantic: np.ndarray, instance: np.ndarray, num_classes: int,
@@ -222,7 +181,7 @@ def instance_problems(semantic: np.ndarray, instance: np.ndarray, num_classes: i
 
 
 def check_item(source, name: str) -> _ItemResult:
-    """Check the image and labels of one id of an opened dataset (see ``open_dataset``)."""
+    """Check the image and labels of one id of an opened dataset (``registry.open_dataset``)."""
     problems: list[Problem] = []
     size = None
     image_path = source.image_path(name)
@@ -236,7 +195,7 @@ def check_item(source, name: str) -> _ItemResult:
     semantic_path = source.semantic_path(name)
     semantic = _read(source.read_semantic, name, semantic_path, problems)
     if semantic is not None:
-        mismatch = _size_problem(semantic, size, semantic_path, "image") if size is not None else None
+        mismatch = _size_problem(semantic, size, semantic_path) if size is not None else None
         if mismatch:
             problems.append(mismatch)
         value = _value_problem(semantic, source.num_classes, semantic_path)
@@ -251,7 +210,7 @@ def check_item(source, name: str) -> _ItemResult:
         instance = _read(source.read_instance, name, instance_path, problems)
         if instance is not None:
             reference = size if size is not None else (semantic.shape if semantic is not None else None)
-            mismatch = _size_problem(instance, reference, instance_path, "image") if reference is not None else None
+            mismatch = _size_problem(instance, reference, instance_path) if reference is not None else None
             if mismatch:
                 problems.append(mismatch)
             elif semantic is not None and semantic.shape == instance.shape:
@@ -321,10 +280,10 @@ def check_dataset(dataset_name: str, root: str | Path, split: str | Sequence[str
     """Check every image and label file of a dataset root; never stops at the first problem.
 
     Args:
-        dataset_name: one of ``voc``, ``voc_aug``, ``sbd``, ``cityscapes``, ``context``, ``context59``.
+        dataset_name: a name of ``bridgeseg.data.registry.DATASETS``.
         root: the dataset root (as for the dataset classes).
-        split: a split, a list of splits, or ``None`` for the usual ones (``train``/``val``;
-            ``train_aug``/``val`` for ``voc_aug``).
+        split: a split, a list of splits, or ``None`` for the format's ``default_splits``
+            (``train``/``val``; ``train_aug``/``val`` for ``voc_aug``).
         sbd_root: SBD's ``dataset/`` folder, for ``voc_aug``.
         num_workers: processes reading files in parallel (0 = in this process).
         progress: show a tqdm progress bar per split.
@@ -332,13 +291,12 @@ def check_dataset(dataset_name: str, root: str | Path, split: str | Sequence[str
     Returns:
         A ``CheckReport``: images per split, class frequencies, and every problem with its file.
     """
-    if dataset_name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {dataset_name!r}; choose one of {', '.join(DATASET_NAMES)}")
-    splits = DEFAULT_SPLITS[dataset_name] if split is None else ((split,) if isinstance(split, str) else tuple(split))
+    default_splits = dataset_class(dataset_name).default_splits
+    splits = default_splits if split is None else ((split,) if isinstance(split, str) else tuple(split))
     report = CheckReport(dataset_name, str(root))
     for name in splits:
         try:
-            source = open_dataset(dataset_name, root, name, sbd_root)
+            source = open_dataset(dataset_name, root, name, sbd_root=sbd_root)
         except (FileNotFoundError, ValueError, OSError) as error:
             report.problems.append(Problem("layout", str(root), f"split {name!r}: {error}"))
             continue

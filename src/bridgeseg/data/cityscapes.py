@@ -162,6 +162,11 @@ class CityscapesSegmentation(SegmentationDataset):
         else:
             self.ids = self._ids_from_folder(split)
 
+    @classmethod
+    def instance_labels_at(cls, root: Path) -> bool:
+        gt = Path(root) / "gtFine"
+        return gt.is_dir() and next(gt.glob("*/*/*_gtFine_instanceIds.png"), None) is not None
+
     def _available_splits(self) -> list[str]:
         return sorted(p.name for p in (self.root / "leftImg8bit").iterdir() if p.is_dir())
 

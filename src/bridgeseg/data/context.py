@@ -141,6 +141,12 @@ class PascalContext(SegmentationDataset):
         num_classes: 60 (the paper's setting, background = class 0) or 59 (background ignored).
     """
 
+    has_instances = False
+
+    @classmethod
+    def _from_root(cls, root: Path, split: str, with_instances: bool, sbd_root) -> "PascalContext":
+        return cls(root, split)
+
     def __init__(self, root: str | Path, split: str = "train", num_classes: int = 60) -> None:
         if num_classes not in (59, 60):
             raise ValueError(f"num_classes must be 60 (with background) or 59 (background ignored), not {num_classes}")
@@ -200,3 +206,10 @@ class PascalContext(SegmentationDataset):
             label = np.where((label == 0) | (label == VOID), VOID, label - 1)
         return label
 
+
+
+class PascalContext59(PascalContext):
+    """PASCAL-Context with the 59 classes only (background ignored): ``PascalContext(num_classes=59)``."""
+
+    def __init__(self, root: str | Path, split: str = "train") -> None:
+        super().__init__(root, split, num_classes=59)

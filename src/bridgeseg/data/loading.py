@@ -16,46 +16,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..config import Config, DataConfig
-from .transforms import TrainAugmentation, to_tensors
-from .voc import VOCSegmentation
+from .augment import LABEL_KEYS, TrainAugmentation, to_tensors
+from .base import SegmentationDataset
+from .registry import open_dataset
 
 
 class BadSampleError(ValueError):
     """A training image or label could not be read; the message names the file."""
 
 
-def build_dataset(config: DataConfig, split: str, with_instances: bool = False) -> Dataset:
-    """The dataset of ``config.dataset`` at ``config.root`` for ``split``.
-
-    ``voc``: a VOC-layout root (your own data too); ``voc_aug``: VOC 2012 + SBD (``data.sbd_root``);
-    ``sbd``: SBD's own layout; ``cityscapes``; ``context`` (60 classes) / ``context59``.
-    """
-    root = Path(config.root)
-    if config.dataset == "voc":
-        return VOCSegmentation(root, split, with_instances=with_instances)
-    if config.dataset == "voc_aug":
-        if with_instances:
-            raise ValueError("data.dataset voc_aug has class labels only; train instance models on sbd")
-        from .sbd import VOCAugSegmentation
-
-        if split == config.train_split and split == "train":
-            split = "train_aug"
-        return VOCAugSegmentation(root, config.sbd_root or None, split)
-    if config.dataset == "sbd":
-        from .sbd import SBDSegmentation
-
-        return SBDSegmentation(root, split, with_instances=with_instances)
-    if config.dataset == "cityscapes":
-        from .cityscapes import CityscapesSegmentation
-
-        return CityscapesSegmentation(root, split, with_instances=with_instances)
-    if config.dataset in ("context", "context59"):
-        if with_instances:
-            raise ValueError("PASCAL-Context has no instance labels; use model.arch=semantic")
-        from .context import PascalContext
-
-        return PascalContext(root, split, num_classes=60 if config.dataset == "context" else 59)
-    raise ValueError(f"unknown data.dataset {config.dataset!r}")
+def build_dataset(config: DataConfig, split: str, with_instances: bool = False) -> SegmentationDataset:
+    """The dataset of ``config.dataset`` (a name of ``data.registry.DATASETS``) at ``config.root``
+    for ``split`` (e.g. ``config.training_split``), with instance labels when asked for."""
+    return open_dataset(config.dataset, Path(config.root), split, with_instances=with_instances,
+                        sbd_root=config.sbd_root or None)
 
 
 class TrainingSamples(Dataset):
@@ -96,11 +70,11 @@ class TrainingSamples(Dataset):
 
 
 class EvaluationSamples(Dataset):
-    """Un-augmented tensors of a dataset (whole images), optionally only its first ``limit``."""
+    """Whole images, un-augmented and not normalised (the ``Predictor`` normalises them as it does any
+    image), optionally only the first ``limit``: ``image`` (H, W, 3) uint8, label maps (H, W) int64."""
 
-    def __init__(self, dataset: Dataset, config: DataConfig, limit: int = 0) -> None:
+    def __init__(self, dataset: Dataset, limit: int = 0) -> None:
         self.dataset = dataset
-        self.config = config
         self.length = min(limit, len(dataset)) if limit > 0 else len(dataset)
 
     def __len__(self) -> int:
@@ -108,9 +82,8 @@ class EvaluationSamples(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.dataset[index]
-        tensors = to_tensors(sample, self.config.mean, self.config.std)
-        tensors["raw_image"] = torch.from_numpy(np.array(sample["image"]))
-        return tensors
+        out = {key: torch.from_numpy(np.array(sample[key], dtype=np.int64)) for key in LABEL_KEYS if key in sample}
+        return {"image": torch.from_numpy(np.array(sample["image"], dtype=np.uint8)), "name": sample["name"], **out}
 
 
 class StepSampler(Sampler):
@@ -172,7 +145,7 @@ def evaluation_loader(config: DataConfig, dataset: Dataset, limit: int = 0, work
     evaluation; the evaluators' statistics are reduced afterwards).
     """
     workers = config.workers if workers is None else workers
-    samples = EvaluationSamples(dataset, config, limit)
+    samples = EvaluationSamples(dataset, limit)
     rank, world_size = shard
     if world_size > 1:
         samples = Subset(samples, list(range(rank, len(samples), world_size)))

@@ -77,12 +77,6 @@ def read_sbd_instances(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return instance_map, categories
 
 
-def sbd_semantic_from_instances(instance_map: np.ndarray, categories: np.ndarray) -> np.ndarray:
-    """The class map implied by an instance map and its categories (0 where no instance)."""
-    lookup = np.concatenate([[0], categories])
-    return lookup[instance_map]
-
-
 # ---------------------------------------------------------------------------------------------
 # Datasets
 
@@ -134,6 +128,10 @@ class SBDSegmentation(SegmentationDataset):
             raise FileNotFoundError(f"SBD split list {path} does not exist; lists found in {self.root}: "
                                     f"{available or 'none'} (pass train, val or the path of an id list)")
         self.ids = read_id_list(path)
+
+    @classmethod
+    def instance_labels_at(cls, root: Path) -> bool:
+        return (Path(root) / "inst").is_dir()
 
     def image_path(self, name: str) -> Path:
         """``img/<name>.jpg`` (whether it exists or not)."""
@@ -207,6 +205,12 @@ class VOCAugSegmentation(SegmentationDataset):
 
     class_names = VOC_CLASSES
     thing_classes = tuple(range(1, len(VOC_CLASSES)))
+    default_splits = ("train_aug", "val")
+    has_instances = False
+
+    @classmethod
+    def _from_root(cls, root: Path, split: str, with_instances: bool, sbd_root) -> "VOCAugSegmentation":
+        return cls(root, sbd_root or None, split)
 
     def __init__(self, voc_root: str | Path, sbd_root: str | Path | None = None, split: str = "train_aug") -> None:
         self.root = Path(voc_root)

@@ -79,6 +79,10 @@ class VOCSegmentation(SegmentationDataset):
         self.ids = read_split(self.root, split)
         self.thing_classes = tuple(range(1, len(self.class_names)))
 
+    @classmethod
+    def instance_labels_at(cls, root: Path) -> bool:
+        return (Path(root) / "SegmentationObject").is_dir()
+
     def image_path(self, name: str) -> Path:
         """``JPEGImages/<name>.jpg`` (or ``.jpeg``/``.png``), whether it exists or not."""
         candidates = [self.root / "JPEGImages" / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES]

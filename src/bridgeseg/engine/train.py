@@ -27,19 +27,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .. import distributed
+from ..checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from ..config import Config, TrainConfig, save_config
+from ..data.base import SegmentationDataset
 from ..data.loading import BadSampleError, build_dataset, evaluation_loader, training_loader
 from ..losses import SegmentationLoss
-from ..models import build_model
+from ..models.build import build_model, heads_of
+from ..predictor import Predictor
 from ..visualize import plot_class_scores, plot_training_curves
-from . import distributed
-from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .evaluate import evaluate_model
-
-
-def needs_instances(arch: str) -> bool:
-    """Whether a model of this arch trains or evaluates on instance labels."""
-    return arch in ("localization", "joint", "separate")
 
 
 def parameter_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
@@ -125,10 +122,6 @@ class TrainResult:
     class_names: tuple[str, ...]
 
 
-def _instance_config_if_needed(config: Config):
-    return config.instance if config.model.arch in ("joint", "separate") else None
-
-
 def _configure_determinism(config: TrainConfig) -> None:
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -137,145 +130,233 @@ def _configure_determinism(config: TrainConfig) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bool = True) -> TrainResult:
-    """Train ``config`` into ``out_dir`` (resuming from ``out_dir/last.pt`` when present)."""
-    rank_info = distributed.init_distributed()
-    main_process = rank_info.is_main
-    out_dir = Path(out_dir)
-    tcfg = config.train
-    if tcfg.batch_size % rank_info.world_size:
+@dataclass
+class Run:
+    """What a training run holds between steps (``setup`` makes it, ``train_step`` advances it)."""
+
+    config: Config
+    out_dir: Path
+    rank: distributed.DistributedInfo
+    device: torch.device
+    model: nn.Module
+    network: nn.Module  # the model as the step calls it: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: SegmentationLoss
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset
+    step: int = 0
+    elapsed_before: float = 0.0  # training seconds of the run before this process resumed it
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.train_set.class_names)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.model.channels_last else torch.contiguous_format
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+
+def _build_model(config: Config, num_classes: int, rank: distributed.DistributedInfo,
+                 device: torch.device) -> nn.Module:
+    model = build_model(config.model, num_classes).to(device)
+    set_train_mode(model, config.model.freeze_bn)
+    if config.train.sync_bn and rank.enabled and not config.model.freeze_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(memory_format=torch.channels_last if config.model.channels_last else torch.contiguous_format)
+
+
+def _resume(run: Run) -> None:
+    """Continue from ``out/last.pt``: weights, optimizer, scaler, RNG state, step, elapsed time."""
+    state = load_checkpoint(run.last_path, map_location=run.device)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    run.step, run.elapsed_before = state["step"], state["elapsed"]
+    if run.rank.is_main:
+        print(f"resuming from {run.last_path} at step {run.step}")
+
+
+def setup(config: Config, out_dir: str | Path, resume: bool = True) -> Run:
+    """Datasets, model, optimizer and loss of ``config``; the state of ``out_dir/last.pt`` when resuming."""
+    rank = distributed.init_distributed()
+    out_dir, tcfg = Path(out_dir), config.train
+    if tcfg.batch_size % rank.world_size:
         raise ValueError(f"train.batch_size ({tcfg.batch_size}) is the global batch and must be divisible by the "
-                         f"number of processes ({rank_info.world_size})")
-    if main_process:
+                         f"number of processes ({rank.world_size})")
+    if rank.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
     _configure_determinism(tcfg)
     torch.manual_seed(tcfg.seed)
-    device = distributed.resolve_device(tcfg.device, rank_info.local_rank)
-
-    with_instances = needs_instances(config.model.arch)
-    train_set = build_dataset(config.data, config.data.train_split, with_instances)
-    val_set = build_dataset(config.data, config.eval.split or config.data.val_split, with_instances)
-    class_names = train_set.class_names
-    model = build_model(config.model, len(class_names)).to(device)
-    set_train_mode(model, config.model.freeze_bn)
-    if tcfg.sync_bn and rank_info.enabled and not config.model.freeze_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if config.model.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    device = distributed.resolve_device(tcfg.device, rank.local_rank)
+    with_instances = "localization" in heads_of(config.model)
+    train_set = build_dataset(config.data, config.data.training_split, with_instances)
+    val_set = build_dataset(config.data, config.evaluation_split, with_instances)
+    model = _build_model(config, train_set.num_classes, rank, device)
     optimizer = build_optimizer(model, tcfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
-    criterion = SegmentationLoss(config.loss, len(class_names), config.model.output_stride)
-
-    step, elapsed_before = 0, 0.0
-    last_path = out_dir / "last.pt"
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        step, elapsed_before = state["step"], state["elapsed"]
-        if main_process:
-            print(f"resuming from {last_path} at step {step}")
-
-    network = model
-    if rank_info.enabled:
-        network = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = Run(config, out_dir, rank, device, model, model, optimizer,
+              torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16"),
+              SegmentationLoss(config.loss, train_set.num_classes, config.model.output_stride), train_set, val_set)
+    if resume and run.last_path.is_file():
+        _resume(run)
+    if rank.enabled:
+        run.network = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
     if tcfg.compile:
-        network = torch.compile(network)
+        run.network = torch.compile(run.network)
+    return run
 
-    def checkpoint(path: Path, elapsed: float) -> Path | None:
-        if not main_process:
-            return None
-        return save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scaler": scaler.state_dict(), "step": step, "elapsed": elapsed,
-                                "config": config.to_dict(), "class_names": list(class_names), "rng": rng_state()},
-                               path)
 
-    def run_evaluation(limit: int) -> dict:
-        loader = evaluation_loader(config.data, val_set, limit=limit, workers=0,
-                                   shard=(rank_info.rank, rank_info.world_size))
-        with autocast(device, tcfg.amp):
-            metrics = evaluate_model(model, loader, class_names, device, config.model.output_stride,
-                                     _instance_config_if_needed(config), progress=progress and main_process,
-                                     description=f"evaluating at step {step}", eval_config=config.eval)
-        set_train_mode(model, config.model.freeze_bn)
-        return metrics
+def train_step(run: Run, batch: dict, lr_factor: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """One optimisation step on ``batch`` at ``lr_factor`` times the base learning rates.
 
-    log = MetricsLog(out_dir / "metrics.jsonl", enabled=main_process)
-    if main_process:
-        log.truncate_after(step)  # a fresh run starts a fresh log; a resumed one drops what it will redo
-    limit_seconds = tcfg.time_limit_minutes * 60
-    loader = training_loader(config, train_set, start_step=step, rank=rank_info.rank,
-                             world_size=rank_info.world_size)
-    bar = tqdm(total=tcfg.iterations, initial=step, desc="training", unit="it",
-               disable=not (progress and main_process), dynamic_ncols=True)
-    set_train_mode(model, config.model.freeze_bn)
-    start = time.perf_counter()
-    window_start, window_images = start, 0
+    Returns:
+        ``(loss, parts)``: the scalar loss (detached) and its named parts.
+
+    Raises:
+        FloatingPointError: the loss is not finite (nothing is updated).
+    """
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lr_factor
+    images = batch["image"].to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+    targets = {key: batch[key].to(run.device, non_blocking=True) for key in ("semantic", "instance") if key in batch}
+    with autocast(run.device, run.config.train.amp):
+        outputs = run.network(images)
+    loss, parts = run.criterion(outputs, targets, run.step)
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(
+            f"the loss became {loss.item()} at step {run.step} (parts {parts}); stopping. The last good checkpoint "
+            f"is {run.last_path}: lower train.lr (or use train.amp=off / bf16), check the data, and run the same "
+            "command again to resume from it")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.step += 1
+    return loss.detach(), parts
+
+
+def save(run: Run, path: Path, elapsed: float) -> Path | None:
+    """Write everything needed to resume into ``path`` (rank 0 only), atomically."""
+    if not run.rank.is_main:
+        return None
+    return save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                            "scaler": run.scaler.state_dict(), "step": run.step, "elapsed": elapsed,
+                            "config": run.config.to_dict(), "class_names": list(run.class_names),
+                            "rng": rng_state()}, path)
+
+
+def evaluate_run(run: Run, limit: int, progress: bool) -> dict:
+    """Metrics of the model as it is now on the validation split (sharded under torchrun)."""
+    config = run.config
+    loader = evaluation_loader(config.data, run.val_set, limit=limit, workers=0,
+                               shard=(run.rank.rank, run.rank.world_size))
+    predictor = Predictor(run.model, run.class_names, config, run.device)
+    with_instances = "localization" in run.model.heads
+    with autocast(run.device, config.train.amp):
+        metrics = evaluate_model(predictor, loader, run.class_names, config.instance if with_instances else None,
+                                 config.eval.protocol, progress=progress and run.rank.is_main,
+                                 description=f"evaluating at step {run.step}")
+    set_train_mode(run.model, config.model.freeze_bn)
+    return metrics
+
+
+class _Schedule:
+    """Progress through the run: ``step / iterations``, or (with a time limit) the larger of that and
+    ``elapsed / limit``, so that a slow machine still ends on time with a fully decayed rate."""
+
+    def __init__(self, config: TrainConfig, elapsed_before: float) -> None:
+        self.config, self.elapsed_before = config, elapsed_before
+        self.limit_seconds = config.time_limit_minutes * 60
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def progress(self, step: int) -> float:
+        fraction = step / self.config.iterations
+        return max(fraction, self.elapsed() / self.limit_seconds) if self.limit_seconds > 0 else fraction
+
+
+class _Throughput:
+    """Images per second since the last logged step."""
+
+    def __init__(self, start: float) -> None:
+        self.since, self.images = start, 0
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self.images / max(now - self.since, 1e-9)
+        self.since, self.images = now, 0
+        return rate
+
+
+def _log_step(run: Run, log: MetricsLog, bar: tqdm, loss: torch.Tensor, parts: dict, progress: float,
+              speed: float, elapsed: float) -> None:
+    """The progress bar and the metrics line of a logged step."""
+    lr = run.optimizer.param_groups[0]["lr"]
+    if progress > run.step / run.config.train.iterations:
+        bar.total = max(run.step, round(run.step / max(progress, 1e-9)))  # where the time limit ends
+    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+    log.write({"step": run.step, "loss": loss.item(), **{f"loss_{k}": v for k, v in parts.items()}, "lr": lr,
+               "images_per_s": speed, "elapsed": elapsed})
+
+
+def _loop(run: Run, log: MetricsLog, progress: bool) -> float:
+    """Steps until the iterations or the time limit are used up; returns the training seconds."""
+    tcfg = run.config.train
+    loader = training_loader(run.config, run.train_set, start_step=run.step, rank=run.rank.rank,
+                             world_size=run.rank.world_size)
+    bar = tqdm(total=tcfg.iterations, initial=run.step, desc="training", unit="it",
+               disable=not (progress and run.rank.is_main), dynamic_ncols=True)
+    schedule = _Schedule(tcfg, run.elapsed_before)
+    throughput = _Throughput(schedule.start)
     try:
         for batch in loader:
-            elapsed = elapsed_before + time.perf_counter() - start
-            progress_fraction = step / tcfg.iterations
-            if limit_seconds > 0:
-                progress_fraction = max(progress_fraction, elapsed / limit_seconds)
-            if progress_fraction >= 1.0:
+            fraction = schedule.progress(run.step)
+            if fraction >= 1.0:
                 break
-            factor = poly_factor(progress_fraction, tcfg.poly_power)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-
-            images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            targets = {key: batch[key].to(device, non_blocking=True) for key in ("semantic", "instance")
-                       if key in batch}
-            with autocast(device, tcfg.amp):
-                outputs = network(images)
-            loss, parts = criterion(outputs, targets, step)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"the loss became {loss.item()} at step {step} (parts {parts}); stopping. The last good checkpoint "
-                    f"is {last_path}: lower train.lr (or use train.amp=off / bf16), check the data, and run the same "
-                    "command again to resume from it")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            window_images += images.shape[0] * rank_info.world_size
+            loss, parts = train_step(run, batch, poly_factor(fraction, tcfg.poly_power))
+            throughput.images += batch["image"].shape[0] * run.rank.world_size
             bar.update(1)
-
-            if step % tcfg.log_every == 0 or step == 1:
-                now = time.perf_counter()
-                speed = window_images / max(now - window_start, 1e-9)
-                window_start, window_images = now, 0
-                lr = optimizer.param_groups[0]["lr"]
-                if limit_seconds > 0 and progress_fraction > step / tcfg.iterations:
-                    bar.total = max(step, round(step / max(progress_fraction, 1e-9)))  # where the time limit ends
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-                log.write({"step": step, "loss": loss.item(), **{f"loss_{k}": v for k, v in parts.items()},
-                           "lr": lr, "images_per_s": speed, "elapsed": elapsed_before + now - start})
-            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
-                checkpoint(last_path, elapsed_before + time.perf_counter() - start)
-            if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.iterations:
-                log.write({"step": step, "eval": run_evaluation(config.eval.periodic_max_images)})
+            if run.step % tcfg.log_every == 0 or run.step == 1:
+                _log_step(run, log, bar, loss, parts, fraction, throughput.rate(), schedule.elapsed())
+            if tcfg.checkpoint_every and run.step % tcfg.checkpoint_every == 0:
+                save(run, run.last_path, schedule.elapsed())
+            if tcfg.eval_every and run.step % tcfg.eval_every == 0 and run.step < tcfg.iterations:
+                log.write({"step": run.step, "eval": evaluate_run(run, run.config.eval.periodic_max_images, progress)})
     except BadSampleError as error:
-        bar.close()
-        raise BadSampleError(f"{error}. Training stopped at step {step}; the last checkpoint is {last_path} "
+        raise BadSampleError(f"{error}. Training stopped at step {run.step}; the last checkpoint is {run.last_path} "
                              "(fix or remove the file, or set data.skip_bad=true, and run again to resume)") from None
-    bar.close()
-    seconds = elapsed_before + time.perf_counter() - start
-    checkpoint(last_path, seconds)
-    final_path = out_dir / "final.pt"
-    checkpoint(final_path, seconds)
+    finally:
+        bar.close()
+    return schedule.elapsed()
 
-    metrics = run_evaluation(config.eval.max_images)
-    log.write({"step": step, "eval": metrics, "final": True})
-    if main_process:
-        plot_training_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
-        plot_class_scores(metrics, class_names, out_dir / "class_scores.png")
+
+def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bool = True) -> TrainResult:
+    """Train ``config`` into ``out_dir`` (resuming from ``out_dir/last.pt`` when present)."""
+    run = setup(config, out_dir, resume)
+    log = MetricsLog(run.out_dir / "metrics.jsonl", enabled=run.rank.is_main)
+    if run.rank.is_main:
+        log.truncate_after(run.step)  # a fresh run starts a fresh log; a resumed one drops what it will redo
+    set_train_mode(run.model, config.model.freeze_bn)
+    seconds = _loop(run, log, progress)
+    save(run, run.last_path, seconds)
+    final_path = run.out_dir / "final.pt"
+    save(run, final_path, seconds)
+    metrics = evaluate_run(run, config.eval.max_images, progress)
+    log.write({"step": run.step, "eval": metrics, "final": True})
+    if run.rank.is_main:
+        plot_training_curves(run.out_dir / "metrics.jsonl", run.out_dir / "curves.png")
+        plot_class_scores(metrics, run.class_names, run.out_dir / "class_scores.png")
     distributed.barrier()
-    return TrainResult(out_dir, final_path, step, seconds, metrics, tuple(class_names))
+    return TrainResult(run.out_dir, final_path, run.step, seconds, metrics, run.class_names)

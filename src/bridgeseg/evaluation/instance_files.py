@@ -9,7 +9,7 @@ Ground truth in three formats (``--gt-format``):
   classes by their Cityscapes label ids (24 person .. 33 bicycle); group regions and unlabeled
   pixels are void.
 
-Predictions: ``PRED/<stem>.txt`` in the format of ``bridgeseg.formats.read_instance_txt``.
+Predictions: ``PRED/<stem>.txt`` in the format of ``bridgeseg.outputs.read_instance_txt``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..data.instances import instances_from_maps
 from ..data.io import read_label, read_split_stems
 from ..data.sbd import read_sbd_instances
 from ..data.voc import read_class_names
-from ..formats import read_instance_txt
+from ..outputs import read_instance_txt
 from .instance import InstanceEvaluator
 
 GT_FORMATS = ("voc", "sbd", "cityscapes")

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bridgeseg.data.io import read_label, read_split_stems
-from bridgeseg.engine import distributed
-from bridgeseg.data.voc import read_class_names
+from .. import distributed
+from ..data.io import read_label, read_split_stems
+from ..data.voc import read_class_names
 
 VOC_NUM_CLASSES = 21
 CLASSES_FILE = "classes.txt"
@@ -286,11 +286,6 @@ def _png_files(directory: Path, role: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{role} folder {directory} holds no .png file; pass the folder of {role} label PNGs")
     return files
-
-
-def resolve_num_classes(gt_dir: str | Path, num_classes: int | None = None) -> int:
-    """``num_classes`` if given, else the line count of ``classes.txt`` in ``gt_dir`` or its parent, else 21."""
-    return _resolve_num_classes(Path(gt_dir), num_classes)[0]
 
 
 def _resolve_num_classes(gt_dir: Path, num_classes: int | None) -> tuple[int, str]:

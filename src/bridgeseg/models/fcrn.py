@@ -1,18 +1,23 @@
 """FCRN: a dilated ResNet with one or more dense prediction heads (paper section 2.3).
 
 The model computes maps at the output stride and nothing else: no loss, no resizing, no
-post-processing. Output position ``i`` is centred on input pixel ``i * output_stride``;
-``resize_to_input`` maps outputs back to input pixels with exactly that geometry.
+post-processing. Output position ``i`` is centred on input pixel ``i * output_stride``
+(``bridgeseg.geometry``). A model says which maps it produces: ``"localization" in model.heads``
+is how every caller asks whether it can find instances.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbone import DilatedResNet
 from .heads import field_of_view
+
+HEAD_NAMES = ("semantic", "localization")
+# model.arch -> (heads, one shared backbone?): the paper trains two separate networks
+ARCHITECTURES = {"semantic": (("semantic",), True), "localization": (("localization",), True),
+                 "joint": (HEAD_NAMES, True), "separate": (HEAD_NAMES, False)}
 
 
 class FCRN(nn.Module):
@@ -24,7 +29,7 @@ class FCRN(nn.Module):
             model, ``{"semantic": ..., "localization": ...}`` sharing one backbone.
 
     ``forward(x)`` with ``x`` (N, 3, H, W) returns ``{name: (N, C_name, h, w)}`` with
-    ``h = ceil(H / output_stride)``.
+    ``h = ceil(H / output_stride)``. ``heads`` (a ``ModuleDict``) answers ``"semantic" in model.heads``.
     """
 
     def __init__(self, backbone: DilatedResNet, heads: dict[str, nn.Module]) -> None:
@@ -67,6 +72,11 @@ class SeparateNetworks(nn.Module):
         return next(iter(self.networks.values())).output_stride
 
     @property
+    def heads(self) -> tuple[str, ...]:
+        """The names of the maps the networks produce, e.g. ``("semantic", "localization")``."""
+        return tuple(name for net in self.networks.values() for name in net.heads)
+
+    @property
     def field_of_view(self) -> dict[str, int]:
         fov = {}
         for net in self.networks.values():
@@ -79,26 +89,3 @@ class SeparateNetworks(nn.Module):
             outputs.update(net(x))
         return outputs
 
-
-def resize_to_input(maps: torch.Tensor, size: tuple[int, int], output_stride: int) -> torch.Tensor:
-    """Bilinearly resample output-stride maps to input resolution.
-
-    Args:
-        maps: (N, C, h, w); position ``i`` is centred on input pixel ``i * output_stride``.
-        size: the input's (H, W).
-        output_stride: the model's output stride.
-
-    Returns:
-        (N, C, H, W). Rows and columns past the last centre (at most ``output_stride - 1`` of
-        them) repeat the edge value.
-    """
-    h, w = maps.shape[-2:]
-    height, width = size
-    if (h, w) == (height, width):
-        return maps
-    full_h, full_w = (h - 1) * output_stride + 1, (w - 1) * output_stride + 1
-    resized = F.interpolate(maps, size=(full_h, full_w), mode="bilinear", align_corners=True)
-    pad_h, pad_w = height - full_h, width - full_w
-    if pad_h > 0 or pad_w > 0:
-        resized = F.pad(resized, (0, max(pad_w, 0), 0, max(pad_h, 0)), mode="replicate")
-    return resized[..., :height, :width]

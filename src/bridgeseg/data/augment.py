@@ -1,6 +1,6 @@
 """Training augmentation and tensor conversion for samples ``{"image", "semantic", "instance"?, ...}``.
 
-Each random transform takes an explicit ``numpy.random.Generator`` so that a sample's
+Each random step takes an explicit ``numpy.random.Generator`` so that a sample's
 augmentation is a function of its seed alone (exact resume, any number of workers).
 Images are resized bilinearly, label maps with nearest neighbour; padding uses the mean colour for
 the image (0 after normalisation) and 255 (void) for label maps.

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, read without unpickling arbitrary objects.
+"""Checkpoint files: written atomically, read without unpickling arbitrary objects.
 
 A training checkpoint is a dict of plain data and tensors: ``model``, ``optimizer``, ``step``,
 ``elapsed`` (training seconds so far), ``config`` (the resolved config as a dict),
@@ -69,27 +69,3 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
-    """The network of a training checkpoint, rebuilt from the config it was trained with.
-
-    Returns:
-        ``(model in eval mode on device, class_names, config)``; the config is the training run's.
-
-    Raises:
-        FileNotFoundError / ValueError naming the file when it is missing, unsafe, corrupt or not
-        written by bridgeseg training.
-    """
-    from ..config import config_from_dict
-    from ..models import build_model
-
-    state = load_checkpoint(path, map_location="cpu")
-    missing = [key for key in ("config", "class_names") if key not in state]
-    if missing:
-        raise ValueError(f"checkpoint {path} has no {' / '.join(missing)} entry; use a checkpoint written by "
-                         "bridgeseg training (<run>/last.pt or <run>/final.pt)")
-    config = config_from_dict(state["config"])
-    class_names = tuple(state["class_names"])
-    model = build_model(config.model, len(class_names), load_weights=False)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), class_names, config

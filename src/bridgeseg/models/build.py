@@ -1,0 +1,76 @@
+"""Networks from settings: a ``model:`` config section -> an FCRN, a checkpoint -> a trained one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..config import Config, ModelConfig, config_from_dict
+from .backbone import DilatedResNet
+from .fcrn import ARCHITECTURES, FCRN, SeparateNetworks
+from .heads import build_head
+
+
+def head_channels(head: str, num_classes: int) -> int:
+    """Output channels of a head: C class scores, or 4 transforms per foreground class."""
+    return num_classes if head == "semantic" else 4 * (num_classes - 1)
+
+
+def _build_fcrn(config: ModelConfig, num_classes: int, heads: tuple[str, ...], load_weights: bool) -> FCRN:
+    backbone = DilatedResNet(config.depth, config.output_stride, config.dropout, config.dropout_blocks,
+                             config.width)
+    if load_weights and config.init == "imagenet":
+        backbone.load_imagenet_weights()
+    elif load_weights and config.init != "random":
+        backbone.load_weights_file(config.init)
+    modules = {name: build_head(config.head, backbone.out_channels, head_channels(name, num_classes),
+                                config.kernel, config.dilation, config.head_channels, config.head_dropout)
+               for name in heads}
+    return FCRN(backbone, modules)
+
+
+def build_model(config: ModelConfig, num_classes: int, load_weights: bool = True) -> FCRN | SeparateNetworks:
+    """The network of ``config.arch`` for ``num_classes`` classes (background included).
+
+    ``semantic`` and ``localization`` are one FCRN with one head; ``joint`` is one FCRN with both
+    heads on a shared backbone; ``separate`` is two FCRNs (the paper's arrangement). Every variant
+    returns ``{"semantic": (N, C, h, w)}`` and/or ``{"localization": (N, 4(C-1), h, w)}``.
+    ``load_weights=False`` skips backbone initialisation (when a checkpoint will be loaded).
+    """
+    if num_classes < 2:
+        raise ValueError(f"a segmentation model needs at least 2 classes (background + one), got {num_classes}")
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown model.arch {config.arch!r}; choose one of {list(ARCHITECTURES)}")
+    heads, shared = ARCHITECTURES[config.arch]
+    if shared:
+        return _build_fcrn(config, num_classes, heads, load_weights)
+    return SeparateNetworks({name: _build_fcrn(config, num_classes, (name,), load_weights) for name in heads})
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
+    """The network of a training checkpoint, rebuilt from the config it was trained with.
+
+    Returns:
+        ``(model in eval mode on device, class_names, config)``; the config is the training run's.
+
+    Raises:
+        FileNotFoundError / ValueError naming the file when it is missing, unsafe, corrupt or not
+        written by bridgeseg training.
+    """
+    state = load_checkpoint(path, map_location="cpu")
+    missing = [key for key in ("config", "class_names") if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path} has no {' / '.join(missing)} entry; use a checkpoint written by "
+                         "bridgeseg training (<run>/last.pt or <run>/final.pt)")
+    config: Config = config_from_dict(state["config"], migrate=True)
+    class_names = tuple(state["class_names"])
+    model = build_model(config.model, len(class_names), load_weights=False)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), class_names, config
+
+
+def heads_of(config: ModelConfig) -> tuple[str, ...]:
+    """The maps a model of ``config.arch`` produces, before it is built (``model.heads`` after)."""
+    return ARCHITECTURES[config.arch][0]
