@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 
 import pytest
@@ -115,6 +116,7 @@ BAD_INSTANCE_VALUES = [
     ("max_instances", 0, ">= 1"), ("pre_nms_top_k", 0, ">= 1"), ("nms_chunk_size", 0, ">= 1"),
     ("vote_quantum", -0.5, ">= 0.0"), ("mask_threshold", 0.0, "> 0.0"), ("mask_threshold", 1.5, "<= 1.0"),
 ]
+BAD_INSTANCE_CHOICES = [("masks", "octagons", ["class_map", "grid"]), ("method", "watershed", ["grouping", "connected_components"])]
 
 
 @pytest.mark.parametrize("key, value, rule", BAD_INSTANCE_VALUES, ids=[f"{k}={v}" for k, v, _ in BAD_INSTANCE_VALUES])
@@ -126,15 +128,22 @@ def test_out_of_range_grouping_values_are_refused_at_load(tmp_path, key, value, 
         load_config(write(tmp_path, f"instance:\n  {key}: {value}\n"))
 
 
+@pytest.mark.parametrize("key, value, choices", BAD_INSTANCE_CHOICES, ids=[k for k, _, _ in BAD_INSTANCE_CHOICES])
+def test_unknown_grouping_choices_are_refused_at_load(key, value, choices):
+    with pytest.raises(ConfigError, match=re.escape(f"instance.{key} = {value!r} is not valid; choose one of {choices}")):
+        load_config(None, [f"instance.{key}={value}"])
+
+
 def test_every_grouping_key_is_settable_from_yaml_and_set(tmp_path):
     from bridgeseg.grouping import InstanceConfig
 
     values = {"top_n": 2, "nms_threshold": 0.6, "region_nms_threshold": 0.7, "min_cluster_size": 3, "min_score": 0.05,
               "max_instances": 50, "per_rank_masks": True, "pre_nms_top_k": 500, "nms_chunk_size": 1024,
-              "vote_quantum": 0.25, "mask_threshold": 0.4}
+              "vote_quantum": 0.25, "mask_threshold": 0.4, "masks": "grid", "method": "connected_components"}
     assert set(values) == {f.name for f in dataclasses.fields(InstanceConfig)}  # no key left out
     from_set = load_config(None, [f"instance.{key}={value}" for key, value in values.items()]).instance
-    yaml_text = "instance:\n" + "".join(f"  {key}: {str(value).lower()}\n" for key, value in values.items())
+    yaml_text = "instance:\n" + "".join(f"  {key}: {str(value).lower() if not isinstance(value, str) else value}\n"
+                                         for key, value in values.items())
     from_yaml = load_config(write(tmp_path, yaml_text)).instance
     assert from_set == from_yaml == InstanceConfig(**values)
     assert load_config(None, ["instance.pre_nms_top_k=null"]).instance.pre_nms_top_k is None
@@ -145,7 +154,8 @@ def test_config_and_grouping_share_one_settings_type():
     from bridgeseg.grouping import InstanceConfig, group_instances
 
     assert ConfigSection is InstanceConfig and type(Config().instance) is InstanceConfig
-    assert group_instances.__defaults__[-1] == InstanceConfig()  # the grouping's default is the config's
+    default = inspect.signature(group_instances).parameters["settings"].default
+    assert default == InstanceConfig() == Config().instance  # the grouping's default is the config's
 
 
 def test_moved_keys_name_their_new_place(tmp_path):

@@ -53,8 +53,9 @@ def resize_to_input(maps: torch.Tensor, size: tuple[int, int], output_stride: in
 # Image-resolution maps, in row chunks (no (C, H, W) tensor for large images)
 # ----------------------------------------------------------------------------------------------
 
-def _interpolation(length: int, cells: int, stride: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per output pixel: lower grid index, upper grid index, weight of the upper one."""
+def interpolation(length: int, cells: int, stride: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image pixel along an axis: lower grid index, upper grid index, weight of the upper one
+    (``resize_to_input``'s linear interpolation; (length,) long, long, float)."""
     pixels = torch.arange(length, device=device)
     lower = torch.div(pixels, stride, rounding_mode="floor").clamp(max=cells - 1)
     upper = (lower + 1).clamp(max=cells - 1)
@@ -90,7 +91,7 @@ def upsampled_rows(maps: torch.Tensor, stride: int, image_size: tuple[int, int])
     height, width = image_size
     channels, cells_y, _ = maps.shape
     columns = _upsample_columns(maps, stride, width)
-    lower, upper, weight = _interpolation(height, cells_y, stride, maps.device)
+    lower, upper, weight = interpolation(height, cells_y, stride, maps.device)
     step = max(1, _CHUNK_ELEMENTS // max(1, channels * width))
     for start in range(0, height, step):
         rows = slice(start, min(start + step, height))

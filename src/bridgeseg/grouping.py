@@ -35,10 +35,13 @@ import torch
 
 from .geometry import resize_to_input
 from .nms import cluster_votes, greedy_keep
+from .refine import assign_pixels, fill_gaps, image_candidates
 from .settings import check_section, setting
 from .targets import decode_boxes
 
 _UPSAMPLE_CHUNK = 16  # masks upsampled together (float (chunk, H, W) intermediate)
+MASK_SOURCES = ("class_map", "grid")
+METHODS = ("grouping", "connected_components")
 
 
 @dataclass
@@ -108,7 +111,15 @@ class InstanceConfig:
             any value (it proceeds in rounds). Bounds torchvision's O(n^2) CUDA NMS memory.
         vote_quantum: votes whose box coordinates round to the same multiple of this (pixels)
             are merged into one NMS entry scored by its best vote. 0 merges exact duplicates only.
-        mask_threshold: an upsampled cluster indicator at or above this is inside the mask.
+        mask_threshold: with ``masks: grid``, an upsampled cluster indicator at or above this is
+            inside the mask.
+        masks: ``class_map`` (default): each instance's mask is the image pixels of its class
+            (top-n candidates at image resolution) that its grid cluster's neighbourhood claims
+            (``bridgeseg.refine``), so it follows the class map; ``grid``: the cluster's grid
+            indicator upsampled and thresholded (stride-sized octagons).
+        method: ``grouping`` (default, the paper's) or ``connected_components`` (the baseline: each
+            8-connected region of a class in the class map is one instance, scored by its mean
+            class probability; ``bridgeseg.components``).
     """
 
     top_n: int = setting(1, minimum=1)
@@ -122,6 +133,8 @@ class InstanceConfig:
     nms_chunk_size: int = setting(8192, minimum=1)
     vote_quantum: float = setting(1.0 / 16, minimum=0.0)
     mask_threshold: float = setting(0.5, above=0.0, maximum=1.0)
+    masks: str = setting("class_map", choices=MASK_SOURCES)
+    method: str = setting("grouping", choices=METHODS)
 
     def __post_init__(self) -> None:
         check_section(self, "instance")
@@ -281,9 +294,13 @@ def upsample_masks(masks: torch.Tensor, stride: int, image_size: tuple[int, int]
 
 def _pass_candidates(probs: torch.Tensor, settings: InstanceConfig) -> torch.Tensor:
     """(R, C - 1, h, w) bool candidate masks, one per pass (R = top_n with per_rank_masks, else 1)."""
-    ranks = range(1, settings.top_n + 1) if settings.per_rank_masks else (settings.top_n,)
-    confident = probs[1:] >= settings.min_score
-    return torch.stack([candidate_masks(probs, rank) & confident for rank in ranks])
+    confident = (probs[1:] >= settings.min_score) & (probs[1:] > 0)  # a class of probability 0 is never a candidate
+    return torch.stack([candidate_masks(probs, rank) & confident for rank in _pass_ranks(settings)])
+
+
+def _pass_ranks(settings: InstanceConfig) -> tuple[int, ...]:
+    """The top-n rank of each grouping pass: 1..n nested (``per_rank_masks``), else just n."""
+    return tuple(range(1, settings.top_n + 1)) if settings.per_rank_masks else (settings.top_n,)
 
 
 def _check_inputs(probs: torch.Tensor, transforms: torch.Tensor) -> None:
@@ -297,17 +314,58 @@ def _check_inputs(probs: torch.Tensor, transforms: torch.Tensor) -> None:
 def _paint_clusters(grid_masks: torch.Tensor, hypotheses: _ClassHypotheses, rows: torch.Tensor,
                     ids: torch.Tensor) -> None:
     """Set ``grid_masks[r]`` (n, h * w) to the pixels of hypothesis ``ids[r]`` for every r in ``rows``."""
-    row_of = torch.full((len(hypotheses.scores),), -1, dtype=torch.long, device=grid_masks.device)
-    row_of[ids[rows]] = rows
-    for cluster_map in hypotheses.cluster_maps:
+    for cluster_map in _rows_of_clusters(hypotheses, rows, ids):
         pixels = (cluster_map >= 0).nonzero().squeeze(1)
-        target = row_of[cluster_map[pixels]]
-        chosen = target >= 0
-        grid_masks[target[chosen], pixels[chosen]] = True
+        grid_masks[cluster_map[pixels], pixels] = True
+
+
+def _rows_of_clusters(hypotheses: _ClassHypotheses, rows: torch.Tensor, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Each pass's cluster map (h * w,) with hypothesis ``ids[r]`` renamed to output row ``r`` for
+    every r in ``rows``, and every other hypothesis removed (-1)."""
+    row_of = torch.full((len(hypotheses.scores) + 1,), -1, dtype=torch.long, device=rows.device)
+    row_of[ids[rows]] = rows
+    return [row_of[cluster_map] for cluster_map in hypotheses.cluster_maps]  # -1 indexes the last entry: -1
+
+
+class _ImageCandidates:
+    """Candidate pixels of each class and rank at image resolution, computed once when first needed."""
+
+    def __init__(self, probs: torch.Tensor, stride: int, image_size: tuple[int, int], min_score: float,
+                 class_map: torch.Tensor | None) -> None:
+        self.probs, self.stride, self.image_size, self.min_score = probs, stride, image_size, min_score
+        self.class_map = class_map if min_score == 0 else None  # argmax == top-1 candidates when no floor
+        self._by_rank: dict[int, torch.Tensor] = {}
+
+    def __call__(self, rank: int, label: int) -> torch.Tensor:
+        """(H, W) bool candidates of class ``label`` among the top ``rank``."""
+        if rank == 1 and self.class_map is not None:
+            return self.class_map == label
+        if rank not in self._by_rank:
+            self._by_rank[rank] = image_candidates(self.probs, self.stride, self.image_size, rank, self.min_score)
+        return self._by_rank[rank][label - 1]
+
+
+def _class_map_masks(per_class: dict, labels: torch.Tensor, ids: torch.Tensor, grid_size: tuple[int, int],
+                     candidates: _ImageCandidates, settings: InstanceConfig) -> torch.Tensor:
+    """(K, H, W) masks of the chosen hypotheses at image resolution (see ``bridgeseg.refine``)."""
+    masks = torch.zeros(len(labels), *candidates.image_size, dtype=torch.bool, device=labels.device)
+    for k, hyp in per_class.items():
+        rows = (labels == k + 1).nonzero().squeeze(1)
+        if not len(rows):
+            continue
+        for rank, cluster_rows in zip(_pass_ranks(settings), _rows_of_clusters(hyp, rows, ids)):
+            if not bool((cluster_rows >= 0).any()):
+                continue
+            owner = assign_pixels(fill_gaps(cluster_rows.view(grid_size)), candidates.stride, candidates.image_size)
+            inside = (owner >= 0) & candidates(rank, k + 1)
+            ys, xs = inside.nonzero(as_tuple=True)
+            masks[owner[ys, xs], ys, xs] = True
+    return masks
 
 
 def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, image_size: tuple[int, int],
-                    settings: InstanceConfig = InstanceConfig()) -> Instances:
+                    settings: InstanceConfig = InstanceConfig(), class_map: torch.Tensor | None = None,
+                    confidences: torch.Tensor | None = None) -> Instances:
     """Instances of one image from its semantic and localization outputs (paper section 2.1).
 
     Args:
@@ -317,6 +375,11 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
         stride: the grid's stride in input pixels.
         image_size: (H, W) of the input image.
         settings: see ``InstanceConfig``.
+        class_map: (H, W) the image's class map (the argmax of the upsampled probabilities, or a
+            ground-truth map), used as the top-1 candidates of ``masks: class_map``; None: computed
+            from ``probs``.
+        confidences: (C, h, w) probabilities whose cluster means are the instances' scores; None:
+            ``probs`` (the paper's). Candidates always come from ``probs``.
 
     Returns:
         ``Instances`` on the inputs' device, by descending score: masks (K, H, W).
@@ -326,7 +389,7 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
     probs = probs.float()
     candidates = _pass_candidates(probs, settings).flatten(2)  # (R, C - 1, h * w)
     votes = vote_boxes(transforms.float(), stride).flatten(2)  # (C - 1, 4, h * w)
-    flat_probs = probs.flatten(1)
+    flat_probs = (probs if confidences is None else confidences.float()).flatten(1)
     present = candidates.any(dim=2).any(dim=0).nonzero().squeeze(1).tolist()
     per_class = {k: _class_hypotheses(votes[k], flat_probs[k + 1], candidates[:, k], settings) for k in present}
     per_class = {k: hyp for k, hyp in per_class.items() if len(hyp.scores)}
@@ -337,8 +400,12 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
     boxes = torch.cat([hyp.boxes for hyp in per_class.values()])
     local_ids = torch.cat([torch.arange(len(hyp.scores), device=probs.device) for hyp in per_class.values()])
     best = scores.argsort(descending=True, stable=True)[:settings.max_instances]
-    grid_masks = torch.zeros(len(best), height * width, dtype=torch.bool, device=probs.device)
-    for k, hyp in per_class.items():
-        _paint_clusters(grid_masks, hyp, (labels[best] == k + 1).nonzero().squeeze(1), local_ids[best])
-    masks = upsample_masks(grid_masks.view(-1, height, width), stride, image_size, settings.mask_threshold)
+    if settings.masks == "class_map" and (height, width) != tuple(image_size):
+        candidates = _ImageCandidates(probs, stride, tuple(image_size), settings.min_score, class_map)
+        masks = _class_map_masks(per_class, labels[best], local_ids[best], (height, width), candidates, settings)
+    else:
+        grid_masks = torch.zeros(len(best), height * width, dtype=torch.bool, device=probs.device)
+        for k, hyp in per_class.items():
+            _paint_clusters(grid_masks, hyp, (labels[best] == k + 1).nonzero().squeeze(1), local_ids[best])
+        masks = upsample_masks(grid_masks.view(-1, height, width), stride, image_size, settings.mask_threshold)
     return Instances(masks=masks, labels=labels[best], scores=scores[best], boxes=boxes[best])

@@ -5,6 +5,11 @@ the grouping itself.
 73.0 mAP^r@0.5 on VOC with its localization network), ``localization`` the transforms by the
 ground-truth boxes, ``both`` needs no network and works at label resolution (stride 1), so that
 it tests the grouping alone.
+
+Ground-truth probabilities are one-hot: every cluster would get confidence 1.0 and AP would lose
+the ranking it measures. With ``semantic``, the candidates and masks come from the ground truth
+but the instances are still ranked by the network's own class probabilities (``confidences``),
+when the network has a semantic head.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def apply_oracle(maps: ImageMaps | None, oracle: str, semantic: torch.Tensor, in
         raise ValueError(f"oracle {oracle!r} replaces only part of the maps and needs a model checkpoint")
     if oracle == "semantic":
         return ImageMaps(oracle_probabilities(semantic, num_classes, output_stride), maps.transforms, output_stride,
-                         semantic)
+                         semantic, confidences=maps.probs)
     if oracle == "localization":
         if maps.probs is None:
             raise ValueError("--oracle localization needs a checkpoint with a semantic head")

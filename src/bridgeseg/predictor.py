@@ -24,33 +24,40 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .components import connected_component_instances
 from .config import Config, ConfigError, EvalConfig, InstanceConfig, parse_override
 from .data.io import read_image
 from .distributed import resolve_device
 from .geometry import upsampled_probs
 from .grouping import Instances, group_instances
-from .models.build import load_trained_model
+from .models.build import load_trained_models
 from .outputs import prediction_record
 from .tta import ImageMaps, make_views, predict_views
 
 
 def find_instances(maps: ImageMaps, image_size: tuple[int, int], settings: InstanceConfig) -> Instances | None:
-    """One image's instances from its maps (paper section 2.1 steps 3-6), None without transforms.
+    """One image's instances from its maps: the paper's grouping (section 2.1 steps 3-6), or with
+    ``instance.method: connected_components`` the regions of its class map; None when the grouping
+    has no transforms.
 
     Args:
-        maps: probabilities (C, h, w) and transforms (4 (C - 1), h, w) on a grid of ``maps.stride``.
+        maps: probabilities (C, h, w) and transforms (4 (C - 1), h, w) on a grid of ``maps.stride``,
+            the class map (H, W).
         image_size: (H, W) of the image.
         settings: the ``instance:`` config section.
 
     Returns:
         ``Instances`` on the maps' device, masks (K, H, W), by descending score.
     """
+    if maps.probs is None:
+        raise ValueError("finding instances needs class probabilities (a semantic head, or --oracle semantic)")
+    confidences = maps.probs if maps.confidences is None else maps.confidences
+    if settings.method == "connected_components":
+        return connected_component_instances(maps.semantic, confidences, maps.stride, settings)
     if maps.transforms is None:
         return None
-    if maps.probs is None:
-        raise ValueError("finding instances needs class probabilities as well as transforms (a semantic head, "
-                         "or --oracle semantic)")
-    return group_instances(maps.probs, maps.transforms, maps.stride, image_size, settings)
+    return group_instances(maps.probs, maps.transforms, maps.stride, image_size, settings, class_map=maps.semantic,
+                           confidences=confidences)
 
 
 def load_image(image) -> np.ndarray:
@@ -164,15 +171,16 @@ class Predictor:
         self._std = torch.tensor(config.data.std, device=self.device).view(1, 3, 1, 1)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto",
+    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str | torch.device = "auto",
                         scales: Sequence[float] | None = None, flip: bool | None = None,
                         tile_size: int | None = None, instance_config: InstanceConfig | None = None,
                         tile_overlap: float | None = None, eval_config: EvalConfig | None = None,
                         overrides: Sequence[str] = ()) -> "Predictor":
-        """Load a training checkpoint with its own test-time settings, changed by (in this order)
-        ``overrides`` (``eval.*`` / ``instance.*`` ``key=value`` strings, as ``--set``), then
+        """Load a training checkpoint (or a semantic and a localization one trained apart, see
+        ``models.build.load_trained_models``) with its own test-time settings, changed by (in this
+        order) ``overrides`` (``eval.*`` / ``instance.*`` ``key=value`` strings, as ``--set``), then
         ``eval_config`` / ``instance_config`` (whole sections), then the single options."""
-        model, class_names, config = load_trained_model(path)
+        model, class_names, config = load_trained_models(path)
         if overrides:
             config = config.replace(**_test_time_overrides(overrides))
         if eval_config is not None:

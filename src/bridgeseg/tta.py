@@ -45,12 +45,15 @@ _WEIGHT_FLOOR = 1e-6  # keeps the probability-weighted transform average defined
 class ImageMaps:
     """Dense predictions of one image on a grid of ``stride`` input pixels: ``probs`` (C, h, w)
     class probabilities, ``transforms`` (4 (C - 1), h, w) box transforms, ``semantic`` (H, W)
-    the per-pixel class at image resolution; a map the model does not produce is None."""
+    the per-pixel class at image resolution; a map the model does not produce is None.
+    ``confidences`` (C, h, w): the probabilities that rank instances, when they are not ``probs``
+    (ground-truth one-hot ``probs`` of an oracle cannot rank; the network's can)."""
 
     probs: torch.Tensor | None
     transforms: torch.Tensor | None
     stride: int
     semantic: torch.Tensor | None
+    confidences: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -62,14 +62,17 @@ def evaluate_model(predictor: Predictor | None, loader, class_names: tuple[str, 
     # under torchrun every rank saw a shard of the images: combine the statistics
     semantic_evaluator.all_reduce()
     results = {"semantic": semantic_evaluator.evaluate()}
+    if oracle is not None:
+        results["oracle"] = oracle  # ground truth replaced part of the maps: say so beside the numbers
     if instance_evaluator is not None:
         instance_evaluator.all_gather()
         results["instance"] = instance_evaluator.evaluate()
     return results
 
 
-def _evaluated_heads(heads: tuple[str, ...], oracle: str | None) -> bool:
-    """Whether instances can be evaluated with these network heads and this oracle."""
+def _evaluated_heads(heads: tuple[str, ...], oracle: str | None, method: str) -> bool:
+    """Whether instances can be evaluated with these network heads, this oracle and this
+    ``instance.method`` (connected components need class maps only)."""
     if oracle is not None and oracle not in ORACLES:
         raise ValueError(f"unknown oracle {oracle!r}; choose one of {ORACLES}")
     if oracle == "localization" and "semantic" not in heads:
@@ -77,15 +80,17 @@ def _evaluated_heads(heads: tuple[str, ...], oracle: str | None) -> bool:
                          "output to use; use --oracle both")
     if oracle == "both":
         return True
-    return "localization" in heads and ("semantic" in heads or oracle == "semantic")
+    has_classes = "semantic" in heads or oracle == "semantic"
+    return has_classes and ("localization" in heads or oracle == "localization" or method == "connected_components")
 
 
 def evaluate_config(config: Config, checkpoint_path=None, oracle: str | None = None, device: str = "auto",
                     progress: bool = True) -> tuple[dict, tuple[str, ...]]:
     """Evaluate a checkpoint (or an oracle) on ``config``'s evaluation split.
 
-    The network comes from the checkpoint; the test-time settings (``eval``, ``instance``) and the
-    data from ``config``. Instances are evaluated when the model has a localization head (or an
+    The network comes from the checkpoint (or a semantic and a localization checkpoint trained
+    apart: a list of two paths); the test-time settings (``eval``, ``instance``) and the data from
+    ``config``. Instances are evaluated when the model has a localization head (or an
     oracle provides the maps).
 
     Returns:
@@ -99,7 +104,7 @@ def evaluate_config(config: Config, checkpoint_path=None, oracle: str | None = N
         class_names, heads = predictor.class_names, tuple(predictor.model.heads)
     elif oracle != "both":
         raise ValueError("evaluate needs --checkpoint (only --oracle both runs without a network)")
-    with_instances = _evaluated_heads(heads, oracle)
+    with_instances = _evaluated_heads(heads, oracle, config.instance.method)
     dataset = build_dataset(config.data, config.evaluation_split, with_instances=with_instances or oracle is not None)
     if predictor is None:
         class_names = dataset.class_names

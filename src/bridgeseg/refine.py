@@ -1,0 +1,98 @@
+"""Instance masks at the class map's resolution (the last step of the grouping).
+
+The grouping clusters cells of the output grid (stride s). Upsampling a cluster's indicator gives
+stride-s octagons that ignore the class map, which is much sharper. Instead, every image pixel
+that is a candidate of class c *at image resolution* (its upsampled probabilities rank c among the
+top n, or for n = 1 the class map says c) joins the class-c cluster of its grid neighbourhood: the
+four grid cells around the pixel (the cells ``geometry.resize_to_input`` interpolates between)
+vote for their clusters with their bilinear weights, and the cluster with the largest total
+wins. Grid cells that belong to no cluster first take the cluster of a neighbouring cell (for at
+most ``FILL_STEPS`` cells), so thin parts between grid samples are not lost. A mask is therefore
+a subset of its class's candidate pixels, follows the class map's boundaries, and two touching
+instances of one class meet along the line where their clusters' weights are equal.
+
+Pure tensor functions; no config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import interpolation, upsampled_rows
+
+FILL_STEPS = 2  # grid cells a cluster may reach beyond its own cells to claim pixels of its class
+_ROW_CHUNK_PIXELS = 1 << 21  # image pixels assigned per block (four (rows, W) id and weight maps each)
+
+
+def fill_gaps(ids: torch.Tensor, steps: int = FILL_STEPS) -> torch.Tensor:
+    """Cluster ids grown into neighbouring unassigned cells.
+
+    Args:
+        ids: (h, w) long cluster ids, -1 = no cluster.
+        steps: how many times an unassigned cell takes an id of its 3 x 3 neighbourhood (the
+            largest one where several meet).
+
+    Returns:
+        (h, w) long.
+    """
+    filled = ids.clone()
+    for _ in range(steps):
+        empty = filled < 0
+        if not bool(empty.any()):
+            break
+        grown = F.max_pool2d((filled + 1).float()[None, None], 3, stride=1, padding=1)[0, 0].long() - 1
+        filled = torch.where(empty, grown, filled)
+    return filled
+
+
+def assign_pixels(ids: torch.Tensor, stride: int, image_size: tuple[int, int]) -> torch.Tensor:
+    """The cluster each image pixel's grid neighbourhood belongs to.
+
+    Args:
+        ids: (h, w) long cluster ids on the grid (-1 = none), already grown by ``fill_gaps``.
+        stride: the grid's stride; image_size: (H, W).
+
+    Returns:
+        (H, W) long: per pixel the id with the largest total bilinear weight among its four
+        surrounding grid cells (ties: the first of lower-left, lower-right, upper-left,
+        upper-right), -1 where none of them has a cluster.
+    """
+    height, width = image_size
+    cells_y, cells_x = ids.shape
+    low_y, up_y, weight_y = interpolation(height, cells_y, stride, ids.device)
+    low_x, up_x, weight_x = interpolation(width, cells_x, stride, ids.device)
+    out = torch.empty(image_size, dtype=torch.long, device=ids.device)
+    step = max(1, _ROW_CHUNK_PIXELS // max(1, width))
+    for start in range(0, height, step):
+        rows = slice(start, min(start + step, height))
+        wy = weight_y[rows].view(-1, 1)
+        corners = torch.stack([ids[low_y[rows]][:, low_x], ids[low_y[rows]][:, up_x],
+                               ids[up_y[rows]][:, low_x], ids[up_y[rows]][:, up_x]])  # (4, rows, W)
+        weights = torch.stack([(1 - wy) * (1 - weight_x), (1 - wy) * weight_x, wy * (1 - weight_x), wy * weight_x])
+        weights = weights * (corners >= 0)
+        support = ((corners.unsqueeze(0) == corners.unsqueeze(1)) * weights.unsqueeze(0)).sum(dim=1)  # (4, rows, W)
+        best = support.argmax(dim=0, keepdim=True)
+        winner = corners.gather(0, best)[0]
+        out[rows] = torch.where(support.gather(0, best)[0] > 0, winner, -1)
+    return out
+
+
+def image_candidates(probs: torch.Tensor, stride: int, image_size: tuple[int, int], rank: int,
+                     min_score: float) -> torch.Tensor:
+    """Candidate pixels of every foreground class at image resolution.
+
+    Args:
+        probs: (C, h, w) grid probabilities.
+        rank: a pixel is a candidate of the classes among its ``rank`` highest upsampled scores
+            (ties: lower class index first) whose score is positive and at least ``min_score``.
+
+    Returns:
+        (C - 1, H, W) bool; row k is class k + 1.
+    """
+    out = torch.zeros(probs.shape[0] - 1, *image_size, dtype=torch.bool, device=probs.device)
+    for rows, block in upsampled_rows(probs, stride, image_size):
+        ranked = block.argsort(dim=0, descending=True, stable=True)[:rank]
+        in_top = torch.zeros(block.shape, dtype=torch.bool, device=probs.device).scatter_(0, ranked, True)
+        out[:, rows] = in_top[1:] & (block[1:] > 0) & (block[1:] >= min_score)
+    return out

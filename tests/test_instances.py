@@ -1,0 +1,199 @@
+"""From maps to instances beyond the grouping itself: masks at the class map's resolution, the
+connected-components baseline, oracle maps (tie-break, ranking), and the paper's settings as
+configs (Tables 6 and 7, frozen batch norm)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+import torch.nn.functional as F
+
+from bridgeseg.components import connected_component_instances
+from bridgeseg.config import Config, load_config, packaged_config_dir
+from bridgeseg.geometry import resize_to_input
+from bridgeseg.grouping import InstanceConfig, group_instances
+from bridgeseg.oracle import apply_oracle, oracle_probabilities, oracle_transforms
+from bridgeseg.predictor import find_instances
+from bridgeseg.refine import assign_pixels, fill_gaps
+from bridgeseg.tta import ImageMaps
+
+
+def _discs(height: int = 96, width: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(instance map, class map) of two touching discs of class 1 and a square of class 2."""
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    instances = torch.zeros(height, width, dtype=torch.long)
+    instances[(ys - 40) ** 2 + (xs - 34) ** 2 <= 26 ** 2] = 1
+    instances[((ys - 44) ** 2 + (xs - 84) ** 2 <= 25 ** 2) & (instances == 0)] = 2  # touches disc 1
+    instances[(ys >= 74) & (ys < 92) & (xs >= 100) & (xs < 122)] = 3
+    semantic = torch.tensor([0, 1, 1, 2])[instances]
+    return instances, semantic
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+# ------------------------------------------------------------------------------------------------
+# masks at the class map's resolution
+# ------------------------------------------------------------------------------------------------
+
+def test_class_map_masks_follow_the_class_map_not_the_grid():
+    instances, semantic = _discs()
+    stride = 8
+    probs = oracle_probabilities(semantic, 3, stride)
+    transforms = oracle_transforms(instances, semantic, 3, stride)
+    on_map = group_instances(probs, transforms, stride, tuple(semantic.shape), InstanceConfig(), class_map=semantic)
+    on_grid = group_instances(probs, transforms, stride, tuple(semantic.shape), InstanceConfig(masks="grid"))
+    truth = [instances == k for k in (1, 2, 3)]
+    for found in (on_map, on_grid):
+        assert sorted(found.labels.tolist()) == [1, 1, 2]
+    best_map = [max(_iou(mask, t) for mask in on_map.masks) for t in truth]
+    best_grid = [max(_iou(mask, t) for mask in on_grid.masks) for t in truth]
+    assert min(best_map) > 0.95  # the class map's own boundaries; the touching discs split where they meet
+    assert min(best_map) > max(best_grid)  # the stride-8 octagons are worse for every instance
+    for mask, label in zip(on_map.masks, on_map.labels):
+        assert bool((semantic[mask] == label).all())  # a mask never leaves its class
+
+
+def test_pixels_join_the_cluster_of_their_grid_neighbourhood():
+    ids = torch.tensor([[0, 0, -1, 1], [0, -1, -1, 1]])
+    owner = assign_pixels(ids, 4, (8, 16))
+    assert owner.shape == (8, 16)
+    assert (owner[:, :4] == 0).all() and (owner[:, 12:] == 1).all()  # at their own cells
+    assert (owner[:4, 6] == 0).all() and (owner[:, 9:12] == 1).all()  # a cluster reaches its neighbours' pixels
+    assert (owner[4:, 4:8] == -1).all()  # pixels whose four grid cells have no cluster stay out
+    filled = fill_gaps(ids, 1)
+    assert (filled >= 0).all() and filled[0, 2] == 1 and filled[1, 1] == 0
+
+
+def test_a_top_two_mask_uses_top_two_pixels_at_image_resolution():
+    height, width = 40, 48
+    probs = torch.tensor([0.8, 0.15, 0.05]).view(3, 1, 1).repeat(1, 5, 6)
+    probs[:, 1:4, 1:4] = torch.tensor([0.3, 0.6, 0.1]).view(3, 1, 1)
+    instances, semantic = torch.zeros(height, width, dtype=torch.long), torch.zeros(height, width, dtype=torch.long)
+    instances[8:32, 8:32], semantic[8:32, 8:32] = 1, 1
+    transforms = oracle_transforms(instances, semantic, 2, 8).repeat(2, 1, 1)
+    found = group_instances(probs, transforms, 8, (height, width), InstanceConfig(top_n=2))
+    expected = resize_to_input(probs[None], (height, width), 8)[0]
+    for mask, label in zip(found.masks, found.labels):
+        top2 = expected.argsort(0, descending=True)[:2]
+        assert bool((top2 == label).any(0)[mask].all())
+
+
+# ------------------------------------------------------------------------------------------------
+# instance.method: connected components of the class map
+# ------------------------------------------------------------------------------------------------
+
+def test_connected_components_match_an_independent_labelling():
+    instances, semantic = _discs()
+    semantic[10:14, 110:114] = 1  # a speck: dropped by min_cluster_size (16 px < 2 cells of 64)
+    probs = torch.rand(3, 12, 16, generator=torch.Generator().manual_seed(0)).softmax(0)
+    found = connected_component_instances(semantic, probs, 8, InstanceConfig(min_cluster_size=2))
+    expected = []
+    for label in (1, 2):
+        regions, count = scipy.ndimage.label(semantic.numpy() == label, structure=np.ones((3, 3)))
+        upsampled = F.interpolate(probs[None], size=(89, 121), mode="bilinear", align_corners=True)
+        upsampled = F.pad(upsampled, (0, 7, 0, 7), mode="replicate")[0, label].numpy()
+        for region in range(1, count + 1):
+            mask = regions == region
+            if mask.sum() >= 128:
+                expected.append((label, mask, upsampled[mask].mean()))
+    expected.sort(key=lambda item: -item[2])
+    assert len(found) == len(expected) == 2  # the touching discs are one region: the baseline's weakness
+    for (label, mask, score), got_mask, got_label, got_score in zip(expected, found.masks, found.labels,
+                                                                     found.scores):
+        assert got_label == label and np.array_equal(got_mask.numpy(), mask)
+        assert got_score.item() == pytest.approx(score, abs=1e-5)
+    box = found.boxes[found.labels == 2][0].tolist()
+    assert box == [99.5, 73.5, 121.5, 91.5]
+
+
+def test_instance_method_is_honoured_by_find_instances():
+    instances, semantic = _discs()
+    probs = oracle_probabilities(semantic, 3, 8)
+    maps = ImageMaps(probs, oracle_transforms(instances, semantic, 3, 8), 8, semantic)
+    grouped = find_instances(maps, tuple(semantic.shape), load_config(None).instance)
+    components = find_instances(maps, tuple(semantic.shape),
+                                load_config(None, ["instance.method=connected_components"]).instance)
+    assert len(grouped) == 3 and len(components) == 2
+    semantic_only = ImageMaps(probs, None, 8, semantic)
+    assert find_instances(semantic_only, tuple(semantic.shape), InstanceConfig()) is None
+    assert len(find_instances(semantic_only, tuple(semantic.shape), InstanceConfig(method="connected_components"))) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# oracles
+# ------------------------------------------------------------------------------------------------
+
+def test_one_hot_oracle_probabilities_make_no_runner_up_candidates():
+    """With top_n = 2 and ground-truth (one-hot) probabilities, every other class ties at 0: none of
+    them may become a candidate (the lower-index tie-break once made class 1 one everywhere)."""
+    instances, semantic = _discs()
+    maps = apply_oracle(None, "both", semantic, instances, 3, 8)
+    found = find_instances(maps, tuple(semantic.shape), InstanceConfig(top_n=2))
+    assert sorted(found.labels.tolist()) == [1, 1, 2]
+    for mask, label in zip(found.masks, found.labels):
+        assert bool((semantic[mask] == label).all())
+
+
+def test_oracle_class_maps_are_ranked_by_the_network_s_probabilities():
+    """--oracle semantic: ground-truth candidates, but the confidences of the network, so that AP
+    still has a ranking (one-hot scores would give every instance 1.0)."""
+    instances, semantic = _discs()
+    network_probs = torch.full((3, 12, 16), 0.2)
+    network_probs[1], network_probs[2] = 0.7, 0.1
+    network_probs[1, :, 8:] = 0.4  # the right disc is less certain
+    network = ImageMaps(network_probs, oracle_transforms(instances, semantic, 3, 8), 8, semantic)
+    maps = apply_oracle(network, "semantic", semantic, instances, 3, 8)
+    found = find_instances(maps, tuple(semantic.shape), InstanceConfig())
+    scores = {int(mask.nonzero()[:, 1].float().mean() > 60): float(score)
+              for mask, label, score in zip(found.masks, found.labels, found.scores) if label == 1}
+    assert scores[0] == pytest.approx(0.7) and scores[1] == pytest.approx(0.4, abs=0.05)
+    assert len(set(found.scores.tolist())) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# the paper's settings as configs
+# ------------------------------------------------------------------------------------------------
+
+def _differences(a: str, b: str) -> dict:
+    left, right = (load_config(packaged_config_dir() / f"{name}.yaml").to_dict() for name in (a, b))
+    return {f"{section}.{key}": (left[section][key], right[section][key]) for section in left
+            for key in left[section] if left[section][key] != right[section][key]}
+
+
+def test_table_6_rows_change_exactly_what_the_paper_s_rows_change():
+    base = "sbd-inst_fcrn50-os8-k5d12"
+    assert _differences(base, base + "_bs") == {"loss.box_bootstrap": (False, True)}
+    assert _differences(base + "_bs", base + "_bs_weighted") == {"loss.instance_weighting": ("none", "box")}
+    assert _differences(base + "_bs_weighted", "sbd-inst_fcrn101-os8-k5d12_bs_weighted") == {"model.depth": (50, 101)}
+    semantic = load_config(packaged_config_dir() / f"{base}.yaml").loss
+    assert semantic.bootstrap and semantic.threshold is None and semantic.min_kept == 512  # the same in every row
+
+
+@pytest.mark.parametrize("family", ["voc12aug_fcrn101", "cityscapes_fcrn152"])
+def test_table_7_rows_keep_exactly_the_k_hardest_and_differ_only_in_k(family):
+    rows = [f"{family}-os8-k5d12_bs{k}" for k in (256, 512, 1024)]
+    for row, k in zip(rows, (256, 512, 1024)):
+        loss = load_config(packaged_config_dir() / f"{row}.yaml").loss
+        assert loss.bootstrap and loss.threshold is None and loss.min_kept == k
+    assert _differences(rows[0], rows[1]) == {"loss.min_kept": (256, 512)}
+    assert _differences(rows[1], rows[2]) == {"loss.min_kept": (512, 1024)}
+
+
+def test_frozen_batch_norm_leaves_the_non_linear_head_learning():
+    from bridgeseg.config import ModelConfig
+    from bridgeseg.engine.train import set_train_mode
+    from bridgeseg.models.build import build_model
+
+    model = build_model(ModelConfig(arch="joint", depth=18, output_stride=16, head="nonlinear", head_channels=8,
+                                    init="random", freeze_bn=True), 3)
+    set_train_mode(model, freeze_bn=True)
+    head_bn = [m for name, m in model.named_modules() if name.startswith("heads.") and isinstance(m, torch.nn.BatchNorm2d)]
+    backbone_bn = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(head_bn) == 2 and backbone_bn
+    assert all(m.training and m.weight.requires_grad for m in head_bn)
+    assert all(not m.training and not m.weight.requires_grad for m in backbone_bn)
+    assert Config().model.freeze_bn is False
