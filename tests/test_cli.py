@@ -261,3 +261,38 @@ def test_evaluate_and_predict_find_the_same_instances(synthetic_root, joint_chec
         predicted = predictor(dataset.image_path(name)).instances
         assert torch.equal(predicted.masks, in_evaluate.masks) and torch.equal(predicted.labels, in_evaluate.labels)
         assert torch.equal(predicted.scores, in_evaluate.scores) and torch.equal(predicted.boxes, in_evaluate.boxes)
+
+
+def test_networks_trained_apart_combine_at_test_time(tmp_path, synthetic_root, capsys):
+    """The paper trains the semantic and the localization network separately: two runs, two
+    checkpoints, combined by evaluate / predict."""
+    import torch
+
+    from bridgeseg.models.build import load_trained_model, load_trained_models
+
+    runs = {}
+    for arch in ("semantic", "localization"):
+        runs[arch] = tmp_path / arch
+        assert run("train", "demo", "--data-root", synthetic_root, "--out", runs[arch], "--set", *TINY,
+                   f"model.arch={arch}") == 0
+    records = [json.loads(line) for line in (runs["localization"] / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["eval"]["oracle"] == "semantic" and "instance" in records[-1]["eval"]
+    checkpoints = [runs["semantic"] / "final.pt", runs["localization"] / "final.pt"]
+    combined, _, config = load_trained_models(checkpoints[::-1])  # either order
+    assert config.model.arch == "separate" and set(combined.heads) == {"semantic", "localization"}
+    image = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        outputs = combined(image)
+        for arch, path in zip(("semantic", "localization"), checkpoints):
+            alone = load_trained_model(path)[0](image)[arch]
+            assert torch.equal(outputs[arch], alone)
+    both = ["--checkpoint", checkpoints[0], "--checkpoint", checkpoints[1]]
+    metrics = tmp_path / "combined.json"
+    assert run("evaluate", "demo", "--data-root", synthetic_root, *both, "--json", metrics,
+               "--set", "data.workers=0") == 0
+    assert set(json.loads(metrics.read_text())) == {"semantic", "instance"}
+    image_path = sorted((synthetic_root / "JPEGImages").glob("val_*.jpg"))[0]
+    assert run("predict", *both, image_path, "--out", tmp_path / "pred") == 0
+    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", checkpoints[0],
+               "--checkpoint", checkpoints[0]) == 2
+    assert "cannot be combined: both produce ['semantic']" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _write_json(results, args.json)
     if args.report:
         path = write_evaluation_report(results, class_names, args.report,
-                                       title=f"Evaluation of {args.checkpoint or 'oracle ' + args.oracle}")
+                                       title=f"Evaluation of {' + '.join(args.checkpoint or []) or 'oracle ' + args.oracle}")
         print(f"wrote {path} and {Path(args.report) / 'class_scores.png'}")
     return 0
 
@@ -77,7 +77,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, scales=args.scales,
                                           flip=args.flip or None, tile_size=args.tile_size, overrides=args.set or ())
     views = len(predictor.views)
-    print(f"predicting with {args.checkpoint} on {predictor.device} ({views} view{'s' * (views > 1)}"
+    print(f"predicting with {' + '.join(args.checkpoint)} on {predictor.device} ({views} view{'s' * (views > 1)}"
           + (f", {predictor.tile_size}-pixel tiles" if predictor.tile_size else "") + ")")
     summary = predict_files(predictor, args.inputs, args.out)
     print(summary.format())
@@ -206,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("evaluate", help="evaluate a checkpoint on the config's validation split")
     config_arguments(sub)
-    sub.add_argument("--checkpoint", help="a training checkpoint (OUT/final.pt or OUT/last.pt)")
+    sub.add_argument("--checkpoint", action="append", metavar="CKPT",
+                     help="a training checkpoint (OUT/final.pt or OUT/last.pt); given twice, a semantic and a "
+                          "localization checkpoint trained apart")
     sub.add_argument("--oracle", choices=ORACLES,
                      help="replace score maps / transform maps / both by ground truth")
     view_arguments(sub)
@@ -215,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=cmd_evaluate)
 
     sub = commands.add_parser("predict", help="predict image files: class PNG, instance PNG, JSON, overlay per image")
-    sub.add_argument("--checkpoint", required=True, help="a training checkpoint (joint, separate or semantic)")
+    sub.add_argument("--checkpoint", required=True, action="append", metavar="CKPT",
+                     help="a training checkpoint (joint, separate or semantic); given twice, a semantic and a "
+                          "localization one trained apart")
     sub.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     sub.add_argument("--out", required=True, help="output folder")
     sub.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
@@ -226,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("predict-dataset", help="predict a dataset split into voc, cityscapes or coco files")
     config_arguments(sub)
-    sub.add_argument("--checkpoint", required=True, help="a training checkpoint")
+    sub.add_argument("--checkpoint", required=True, action="append", metavar="CKPT",
+                     help="a training checkpoint; given twice, a semantic and a localization one trained apart")
     sub.add_argument("--out", required=True, help="output folder")
     sub.add_argument("--format", required=True, choices=FORMATS,
                      help="voc: class PNGs + instance .txt; cityscapes: labelIds PNGs + instance .txt; "

@@ -74,12 +74,14 @@ def poly_factor(progress: float, power: float) -> float:
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    """``model.train()``; with ``freeze_bn`` the batch-norm layers keep their statistics and affine
-    parameters fixed (as the paper's Caffe ResNets did; the right choice for small per-GPU batches)."""
+    """``model.train()``; with ``freeze_bn`` the backbone's batch-norm layers keep their (pretrained)
+    statistics and affine parameters fixed, as the paper's Caffe ResNets did (the right choice for
+    small per-GPU batches). A head's batch norm (the non-linear head's) starts from nothing and
+    always learns."""
     model.train()
     if freeze_bn:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and ".heads." not in f".{name}.":
                 module.eval()
                 for parameter in module.parameters():
                     parameter.requires_grad_(False)
@@ -261,10 +263,13 @@ def evaluate_run(run: Run, limit: int, progress: bool) -> dict:
     loader = evaluation_loader(config.data, run.val_set, limit=limit, workers=0,
                                shard=(run.rank.rank, run.rank.world_size))
     predictor = Predictor(run.model, run.class_names, config, run.device)
-    with_instances = "localization" in run.model.heads
+    heads = run.model.heads
+    # a localization network alone is scored on ground-truth class maps (the paper's pilot setting)
+    oracle = None if "semantic" in heads else "semantic"
     with autocast(run.device, config.train.amp):
-        metrics = evaluate_model(predictor, loader, run.class_names, config.instance if with_instances else None,
-                                 config.eval.protocol, progress=progress and run.rank.is_main,
+        metrics = evaluate_model(predictor, loader, run.class_names,
+                                 config.instance if "localization" in heads else None, config.eval.protocol,
+                                 oracle=oracle, progress=progress and run.rank.is_main,
                                  description=f"evaluating at step {run.step}")
     set_train_mode(run.model, config.model.freeze_bn)
     return metrics

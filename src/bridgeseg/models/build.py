@@ -74,3 +74,43 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
 def heads_of(config: ModelConfig) -> tuple[str, ...]:
     """The maps a model of ``config.arch`` produces, before it is built (``model.heads`` after)."""
     return ARCHITECTURES[config.arch][0]
+
+
+def load_trained_models(paths, device: str | torch.device = "cpu"):
+    """One network from one checkpoint, or from a semantic and a localization checkpoint trained apart
+    (the paper trains the two networks separately) combined into one ``SeparateNetworks``.
+
+    Args:
+        paths: a checkpoint path, or a sequence of one or two.
+
+    Returns:
+        ``(model in eval mode on device, class_names, config)``; for two checkpoints the config is
+        the first's with ``model.arch`` = ``separate``.
+
+    Raises:
+        ValueError naming the files when the two do not fit together: the same head twice,
+        other classes, another output stride or another input normalisation.
+    """
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not 1 <= len(paths) <= 2:
+        raise ValueError(f"give one checkpoint, or a semantic and a localization one; got {len(paths)}")
+    loaded = [load_trained_model(path, device) for path in paths]
+    if len(loaded) == 1:
+        return loaded[0]
+    (first, names, config), (second, other_names, other) = loaded
+    problems = []
+    if set(first.heads) & set(second.heads):
+        problems.append(f"both produce {sorted(set(first.heads) & set(second.heads))}")
+    if tuple(names) != tuple(other_names):
+        problems.append(f"classes {list(names)} vs {list(other_names)}")
+    if first.output_stride != second.output_stride:
+        problems.append(f"output stride {first.output_stride} vs {second.output_stride}")
+    if (config.data.mean, config.data.std) != (other.data.mean, other.data.std):
+        problems.append("different data.mean / data.std")
+    if problems:
+        raise ValueError(f"checkpoints {paths[0]} and {paths[1]} cannot be combined: {'; '.join(problems)}; combine a "
+                         "semantic checkpoint with a localization one trained on the same classes")
+    networks = {"semantic": first, "localization": second} if "semantic" in first.heads else \
+        {"semantic": second, "localization": first}
+    combined = SeparateNetworks(networks).to(device).eval()
+    return combined, names, config.replace(**{"model.arch": "separate"})
