@@ -82,7 +82,10 @@ class ModelConfig:
 class DataConfig:
     """Dataset and augmentation. ``root`` holds the dataset's layout; ``--data-root`` overrides it.
     ``train_split`` / ``val_split`` empty: the format's own (``train`` / ``val``; ``train_aug`` for
-    ``voc_aug``), see ``training_split`` / ``validation_split``."""
+    ``voc_aug``), see ``training_split`` / ``validation_split``. Augmentation: random scale in
+    [``scale_min``, ``scale_max``], crop, ``flip``; ``color_jitter`` s > 0: random brightness,
+    contrast, saturation (x [1 - s, 1 + s]) and hue; ``copy_paste`` p > 0: with probability p a crop
+    gets objects of another training crop pasted in (``data.augment.paste_objects``)."""
 
     dataset: str = setting("voc", choices=DATASETS)
     root: str = setting("data/VOCdevkit/VOC2012")
@@ -93,6 +96,8 @@ class DataConfig:
     scale_min: float = setting(0.5, above=0.0)
     scale_max: float = setting(1.5, above=0.0)
     flip: bool = setting(True)
+    color_jitter: float = setting(0.0, minimum=0.0, below=1.0)
+    copy_paste: float = setting(0.0, minimum=0.0, maximum=1.0)
     mean: tuple[float, float, float] = setting((0.485, 0.456, 0.406))
     std: tuple[float, float, float] = setting((0.229, 0.224, 0.225), above=0.0)
     workers: int = setting(2, minimum=0)

@@ -68,14 +68,80 @@ def hflip(sample: dict) -> dict:
     return out
 
 
+# RGB <-> YIQ: hue is the angle of the (I, Q) chroma vector, so a hue shift is a rotation there
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+
+
+def jitter_colors(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Random brightness, contrast and saturation (factors in [1 - s, 1 + s]) and hue (a rotation of
+    up to s x 90 degrees), so that colour and lighting carry no class information.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        strength: s in [0, 1); 0 returns the image unchanged.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    if strength <= 0:
+        return image
+    brightness, contrast, saturation = rng.uniform(1 - strength, 1 + strength, 3)
+    angle = rng.uniform(-strength, strength) * np.pi / 2
+    cos, sin = np.cos(angle), np.sin(angle)
+    chroma = np.array([[1, 0, 0], [0, cos * saturation, -sin * saturation], [0, sin * saturation, cos * saturation]],
+                      dtype=np.float32)
+    transform = (_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ) * brightness
+    pixels = image.astype(np.float32) @ transform.T
+    pixels = (pixels - pixels.mean()) * contrast + pixels.mean()
+    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
+
+
+def paste_objects(target: dict, source: dict, rng: np.random.Generator, keep: float = 0.5) -> dict:
+    """Copy-paste augmentation: objects of ``source`` (a crop of another training image, of the same
+    size) pasted over ``target``, each kept with probability ``keep`` (at least one).
+
+    Objects are the source's instances (ids of its ``instance`` map), or, without instance labels,
+    its connected foreground as one object. Pasted pixels take the source's image, class and a new
+    instance id; target instances they cover are occluded. Source void pixels next to a pasted
+    object stay void in the result (the boundary band of VOC-style labels).
+    """
+    has_instances = "instance" in source and "instance" in target
+    ids = source["instance"] if has_instances else np.where(source["semantic"] > 0, 1, 0)
+    candidates = [int(i) for i in np.unique(ids) if i not in (0, VOID)]
+    labelled = (source["semantic"] > 0) & (source["semantic"] != VOID)
+    chosen = [i for i in candidates if rng.random() < keep] or candidates[:1]
+    if not chosen:
+        return target
+    mask = np.isin(ids, chosen) & labelled
+    near = mask.copy()
+    near[1:] |= mask[:-1]
+    near[:-1] |= mask[1:]
+    near[:, 1:] |= mask[:, :-1]
+    near[:, :-1] |= mask[:, 1:]
+    void = near & ~mask & (source["semantic"] == VOID)
+    out = dict(target)
+    out["image"] = np.where(mask[..., None], source["image"], target["image"])
+    out["semantic"] = np.where(mask, source["semantic"], np.where(void, VOID, target["semantic"]))
+    if has_instances:
+        existing = target["instance"][(target["instance"] != VOID)]
+        offset = int(existing.max(initial=0))
+        new_ids = ids + offset
+        new_ids = np.where(new_ids >= VOID, new_ids + 1, new_ids)  # never the void value
+        out["instance"] = np.where(mask, new_ids, np.where(void, VOID, target["instance"]))
+    return out
+
+
 class TrainAugmentation:
-    """Random scale in [scale_min, scale_max], pad to the crop, random crop, random horizontal flip."""
+    """Random scale in [scale_min, scale_max], pad to the crop, random crop, random horizontal flip,
+    then random colours (``color_jitter`` > 0, see ``jitter_colors``)."""
 
     def __init__(self, crop_size: int, scale_min: float, scale_max: float, flip: bool,
-                 mean: tuple[float, float, float]) -> None:
+                 mean: tuple[float, float, float], color_jitter: float = 0.0) -> None:
         self.crop_size = crop_size
         self.scale_min, self.scale_max = scale_min, scale_max
         self.flip = flip
+        self.color_jitter = color_jitter
         self.mean_color = tuple(int(round(255 * m)) for m in mean)
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
@@ -87,6 +153,8 @@ class TrainAugmentation:
         sample = crop(sample, top, left, self.crop_size, self.crop_size)
         if self.flip and rng.random() < 0.5:
             sample = hflip(sample)
+        if self.color_jitter > 0:
+            sample = dict(sample, image=jitter_colors(sample["image"], rng, self.color_jitter))
         return sample
 
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..config import Config, DataConfig
-from .augment import LABEL_KEYS, TrainAugmentation, to_tensors
+from .augment import LABEL_KEYS, TrainAugmentation, paste_objects, to_tensors
 from .base import SegmentationDataset
 from .registry import open_dataset
 
@@ -45,7 +45,8 @@ class TrainingSamples(Dataset):
         self.dataset = dataset
         self.config = config
         self.seed = seed
-        self.augment = TrainAugmentation(config.crop_size, config.scale_min, config.scale_max, config.flip, config.mean)
+        self.augment = TrainAugmentation(config.crop_size, config.scale_min, config.scale_max, config.flip, config.mean,
+                                         config.color_jitter)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -66,6 +67,9 @@ class TrainingSamples(Dataset):
         index, position = key
         rng = np.random.default_rng([self.seed, position])
         sample = self.augment(self._read(index), rng)
+        if self.config.copy_paste > 0 and rng.random() < self.config.copy_paste:
+            source = self.augment(self._read(int(rng.integers(len(self.dataset)))), rng)
+            sample = paste_objects(sample, source, rng)
         return to_tensors(sample, self.config.mean, self.config.std)
 
 
