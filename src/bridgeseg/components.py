@@ -5,7 +5,9 @@ confidence is the mean (upsampled) probability of that class over the region, so
 ranking AP needs is comparable with the grouping's mean cluster probability. Regions smaller than
 ``min_cluster_size`` grid cells (``min_cluster_size * stride**2`` pixels) are dropped, as the
 grouping drops small clusters. Touching instances of one class merge into one region: that is
-what the grouping's localization network is there to undo.
+what the grouping's localization network is there to undo. Void pixels of a ground-truth class
+map (255, the boundary band of VOC-style labels) first take the class of the nearest labelled
+pixel, so that touching objects touch there too, as they do in any predicted class map.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import scipy.ndimage
 import torch
 
+from .data.io import VOID
 from .geometry import resize_to_input
 from .grouping import InstanceConfig, Instances
 
@@ -32,6 +35,15 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x0 - 0.5, y0 - 0.5, x1 + 0.5, y1 + 0.5], dim=1).float()
 
 
+def _void_filled(class_map: np.ndarray) -> np.ndarray:
+    """The class map with every void pixel given the class of the nearest non-void pixel."""
+    void = class_map == VOID
+    if not void.any() or void.all():
+        return class_map
+    _, (rows, cols) = scipy.ndimage.distance_transform_edt(void, return_indices=True)
+    return class_map[rows, cols]
+
+
 def connected_component_instances(class_map: torch.Tensor, probs: torch.Tensor, stride: int,
                                   settings: InstanceConfig = InstanceConfig()) -> Instances:
     """Instances as the connected regions of each class of a class map.
@@ -46,7 +58,7 @@ def connected_component_instances(class_map: torch.Tensor, probs: torch.Tensor, 
         ``Instances`` on ``class_map``'s device, by descending score.
     """
     image_size = tuple(class_map.shape)
-    labels_np = class_map.cpu().numpy()
+    labels_np = _void_filled(class_map.cpu().numpy())
     min_pixels = settings.min_cluster_size * stride * stride
     masks, labels, scores = [], [], []
     for label in [int(c) for c in np.unique(labels_np) if 0 < c < probs.shape[0]]:
