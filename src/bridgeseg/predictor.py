@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 
 from .config import Config, ConfigError, EvalConfig, InstanceConfig, parse_override
-from .data.io import read_image
+from .data.io import image_to_rgb, read_image
 from .distributed import resolve_device
 from .geometry import upsampled_probs
 from .grouping import Instances, group_instances
@@ -54,7 +54,8 @@ def find_instances(maps: ImageMaps, image_size: tuple[int, int], settings: Insta
 
 
 def load_image(image) -> np.ndarray:
-    """A path (str/Path), PIL image or (H, W, 3) uint8 RGB array -> (H, W, 3) uint8 RGB array.
+    """A path (str/Path), PIL image or (H, W, 3) uint8 RGB array -> (H, W, 3) uint8 RGB array
+    (files and PIL images of any kind ``data.io.image_to_rgb`` reads).
 
     Raises:
         FileNotFoundError / ValueError naming the file for a missing or corrupt file; ValueError
@@ -63,7 +64,7 @@ def load_image(image) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return image_to_rgb(image)  # as a file of that image is read: 16-bit scaled, EXIF applied, ...
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype "
