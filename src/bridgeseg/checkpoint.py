@@ -8,34 +8,26 @@ A training checkpoint is a dict of plain data and tensors: ``model``, ``optimize
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .files import atomic_write
+
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then a rename.
+    """Write ``state`` to ``path`` atomically (``files.atomic_write``: a temporary file in the same
+    folder, then a rename), with the user's usual file mode.
 
-    A run killed while saving leaves the previous checkpoint intact.
+    A run killed while saving, or a full disk, leaves the previous checkpoint intact.
+
+    Raises:
+        OutputError: naming the file, when it cannot be written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"version": FORMAT_VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda file: torch.save({"version": FORMAT_VERSION, **state}, file))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -24,6 +24,7 @@ import yaml
 
 from .data.registry import DATASETS
 from .evaluation.instance import PROTOCOLS
+from .files import write_text
 from .grouping import InstanceConfig
 from .models.backbone import DEPTHS, OUTPUT_STRIDES
 from .models.fcrn import ARCHITECTURES
@@ -342,8 +343,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config (every key, defaults included) as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config (every key, defaults included) as YAML, atomically."""
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def packaged_config_dir() -> Path:

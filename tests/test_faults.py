@@ -1,0 +1,188 @@
+"""The faults a hostile user found (issue 14), through the command line: output and disk errors
+(case 2), checkpoint file modes (5). Case 1, image kinds, is tests/test_image_kinds.py."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bridgeseg.checkpoint import save_checkpoint
+from bridgeseg.cli import main
+from test_cli import TINY
+
+
+def run(*args) -> int:
+    return main([str(arg) for arg in args])
+
+
+def error_line(err: str) -> str:
+    """The one ``bridgeseg CMD: error: ...`` line of stderr (tqdm bars share the stream)."""
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+ONE_VIEW = ["eval.scales=[1.0]", "eval.flip=false"]  # the demo's 6 test views take longer than training here
+
+
+def train_args(root, out, *settings):
+    return ["train", "demo", "--data-root", root, "--out", out, "--set", *TINY, *ONE_VIEW, *settings]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synthetic_root):
+    """A joint run of 2 steps (checkpoints at both); copy it before changing it."""
+    out = tmp_path_factory.mktemp("faults") / "run"
+    assert run(*train_args(synthetic_root, out, "model.arch=joint")) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Output and disk errors
+# ----------------------------------------------------------------------------------------------
+
+def test_every_output_location_is_checked_before_the_work(tmp_path, synthetic_root, trained_run, capsys):
+    a_file, folder = tmp_path / "a_file", tmp_path / "folder"
+    a_file.write_text("not a folder")
+    folder.mkdir()
+    data = ["--data-root", synthetic_root, "--set", "data.workers=0", *ONE_VIEW]
+    checkpoint = trained_run / "final.pt"
+    image = sorted((synthetic_root / "JPEGImages").glob("val_*.jpg"))[0]
+    gt = synthetic_root / "SegmentationClass"
+    cases = [
+        (train_args(synthetic_root, a_file), f"--out {a_file} is a file, not a folder"),
+        (train_args(synthetic_root, a_file / "run"), f"--out {a_file / 'run'} lies under {a_file}, which is a file"),
+        (["evaluate", "demo", *data, "--checkpoint", checkpoint, "--json", a_file / "m.json"],
+         f"--json {a_file / 'm.json'} lies under {a_file}, which is a file"),
+        (["evaluate", "demo", *data, "--checkpoint", checkpoint, "--json", folder], f"--json {folder} is a folder"),
+        (["evaluate", "demo", *data, "--checkpoint", checkpoint, "--report", a_file], f"--report {a_file} is a file"),
+        (["evaluate", "demo", *data, "--checkpoint", checkpoint, "--report", a_file / "report"], "lies under"),
+        (["predict", "--checkpoint", checkpoint, image, "--out", a_file / "p"], "lies under"),
+        (["predict-dataset", "demo", *data, "--checkpoint", checkpoint, "--out", a_file, "--format", "voc"],
+         "is a file, not a folder"),
+        (["export", "--checkpoint", checkpoint, "--onnx", a_file / "model.onnx"], "lies under"),
+        (["score", "semantic", "--gt", gt, "--pred", gt, "--json", folder], "is a folder"),
+    ]
+    for argv, message in cases:
+        assert run(*argv) == 2, argv
+        captured = capsys.readouterr()
+        assert message in error_line(captured.err), argv
+        assert "mean IoU" not in captured.out and "training:" not in captured.err  # refused before the work
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``make(folder)``: nothing can be created in ``folder`` any more. With chmod when not root;
+    root ignores permissions, so there the calls that create files and folders in it fail as they
+    would on a read-only folder."""
+    made = []
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            made.append(folder)
+            return folder
+
+        def refuse_inside(path) -> None:
+            if isinstance(path, (str, os.PathLike)) and Path(os.path.abspath(path)).is_relative_to(folder.resolve()) \
+                    and Path(os.path.abspath(path)) != folder.resolve():
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+        real_open, real_os_open, real_mkdir = builtins.open, os.open, os.mkdir
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            if any(letter in mode for letter in "wax+"):
+                refuse_inside(file)
+            return real_open(file, mode, *args, **kwargs)
+
+        def fake_os_open(path, flags, *args, **kwargs):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                refuse_inside(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def fake_mkdir(path, *args, **kwargs):
+            refuse_inside(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        for module, name, fake in ((builtins, "open", fake_open), (io, "open", fake_open), (os, "open", fake_os_open),
+                                   (os, "mkdir", fake_mkdir)):
+            monkeypatch.setattr(module, name, fake)
+        return folder
+
+    yield make
+    for folder in made:
+        folder.chmod(0o755)
+
+
+def test_a_read_only_output_folder_is_refused_before_the_work(tmp_path, synthetic_root, trained_run, read_only,
+                                                                capsys):
+    locked = read_only(tmp_path / "locked")
+    assert run(*train_args(synthetic_root, locked / "run")) == 2
+    assert f"--out {locked / 'run'} cannot be written: no file can be created in {locked}" in \
+        error_line(capsys.readouterr().err)
+    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", trained_run / "final.pt",
+               "--report", locked / "report", "--set", "data.workers=0", *ONE_VIEW) == 2
+    captured = capsys.readouterr()
+    assert f"--report {locked / 'report'} cannot be written" in error_line(captured.err)
+    assert "mean IoU" not in captured.out  # before the evaluation, not after it
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full (Linux)")
+def test_a_full_disk_at_json_still_prints_the_metrics(tmp_path, synthetic_root, trained_run, monkeypatch, capsys):
+    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", trained_run / "final.pt",
+               "--json", "/dev/full", "--set", "data.workers=0", *ONE_VIEW) == 2
+    captured = capsys.readouterr()
+    assert "mean IoU" in captured.out
+    assert "could not write /dev/full (No space left on device); the metrics are printed above" in \
+        error_line(captured.err)
+    previous = tmp_path / "scores.json"
+    previous.write_text("the previous scores\n")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    gt = synthetic_root / "SegmentationClass"
+    assert run("score", "semantic", "--gt", gt, "--pred", gt, "--num-classes", 6, "--json", previous) == 2
+    assert "the previous scores.json is kept; the metrics are printed above" in error_line(capsys.readouterr().err)
+    assert previous.read_text() == "the previous scores\n" and not list(tmp_path.glob(".scores.json.*"))
+
+
+def test_predict_says_which_image_it_could_not_write_and_keeps_the_others(tmp_path, synthetic_root, trained_run,
+                                                                           capsys):
+    first, second = sorted((synthetic_root / "JPEGImages").glob("val_*.jpg"))[:2]
+    out = tmp_path / "out"
+    (out / f"{second.stem}_overlay.png").mkdir(parents=True)
+    assert run("predict", "--checkpoint", trained_run / "final.pt", first, second, "--out", out,
+               "--device", "cpu") == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"could not write the prediction files of {second} into {out}" in line
+    assert "the files of 1 earlier image are kept" in line
+    assert (out / f"{first.stem}_overlay.png").is_file() and (out / f"{first.stem}.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. File modes
+# ----------------------------------------------------------------------------------------------
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_checkpoints_get_the_users_usual_file_mode(tmp_path, trained_run):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("last.pt", "final.pt", "config.yaml"):
+        assert file_mode(trained_run / name) == 0o666 & ~umask, name
+    previous = os.umask(0o007)
+    try:
+        save_checkpoint({"model": {}}, tmp_path / "shared.pt")
+        assert file_mode(tmp_path / "shared.pt") == 0o660
+        (tmp_path / "shared.pt").chmod(0o640)  # a mode the user chose is kept on overwrite
+        save_checkpoint({"model": {}}, tmp_path / "shared.pt")
+        assert file_mode(tmp_path / "shared.pt") == 0o640
+    finally:
+        os.umask(previous)
