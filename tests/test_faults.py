@@ -1,5 +1,6 @@
 """The faults a hostile user found (issue 14), through the command line: output and disk errors
-(case 2), checkpoint file modes (5). Case 1, image kinds, is tests/test_image_kinds.py."""
+(case 2), checks that came too late or said the wrong thing (4), checkpoint file modes (5).
+Case 1, image kinds, is tests/test_image_kinds.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import builtins
 import errno
 import io
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -41,6 +43,13 @@ def trained_run(tmp_path_factory, synthetic_root):
     out = tmp_path_factory.mktemp("faults") / "run"
     assert run(*train_args(synthetic_root, out, "model.arch=joint")) == 0
     return out
+
+
+def dataset_with_classes(synthetic_root, folder, names):
+    """A copy of the synthetic dataset whose classes.txt gives other class names."""
+    root = Path(shutil.copytree(synthetic_root, folder))
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in names))
+    return root
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,6 +171,51 @@ def test_predict_says_which_image_it_could_not_write_and_keeps_the_others(tmp_pa
     assert f"could not write the prediction files of {second} into {out}" in line
     assert "the files of 1 earlier image are kept" in line
     assert (out / f"{first.stem}_overlay.png").is_file() and (out / f"{first.stem}.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Checks that came too late or said the wrong thing
+# ----------------------------------------------------------------------------------------------
+
+def test_a_bad_set_value_is_blamed_on_the_set_argument_before_any_work(tmp_path, synthetic_root, capsys):
+    for setting, message in [("instance.nms_threshold=1.0", "instance.nms_threshold = 1.0 is out of range: it "
+                              "must be < 1.0 (from --set instance.nms_threshold=1.0)"),
+                             ("train.lr=nan", "train.lr = nan is not valid: it must be a finite number (from --set "
+                              "train.lr=nan)")]:
+        assert run(*train_args(synthetic_root, tmp_path / "run", setting)) == 2
+        line = error_line(capsys.readouterr().err)
+        assert message in line and "demo.yaml" not in line
+        assert not (tmp_path / "run").exists()
+    config = tmp_path / "mine.yaml"
+    config.write_text("model:\n  depth: 19\n")
+    assert run("train", config, "--data-root", synthetic_root, "--out", tmp_path / "run", "--set", "train.lr=0.1") == 2
+    assert f"model.depth = 19 is not valid; choose one of [18, 34, 50, 101, 152] (in {config})" in \
+        error_line(capsys.readouterr().err)
+
+
+def test_an_empty_config_file_is_refused(tmp_path, synthetic_root, capsys):
+    for text in ("", "# nothing but a comment\n"):
+        config = tmp_path / "empty.yaml"
+        config.write_text(text)
+        assert run("train", config, "--data-root", synthetic_root, "--out", tmp_path / "run") == 2
+        line = error_line(capsys.readouterr().err)
+        assert f"config file {config} is empty: it would mean every default (ResNet-101, model.init = imagenet" in line
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_file_of_random_bytes_is_not_called_a_pickle(tmp_path, synthetic_root, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(7, 256)) * 8)
+    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", junk) == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"{junk} is not a PyTorch checkpoint" in line and "unpickled" not in line
+
+
+def test_evaluating_on_other_class_names_warns_with_both_lists(tmp_path, synthetic_root, trained_run):
+    root = dataset_with_classes(synthetic_root, tmp_path / "data", ["bg", "disk", "box", "wedge", "plus", "star"])
+    with pytest.warns(UserWarning, match=r"trained on the classes \['background', 'circle'.*has \['bg', 'disk'"):
+        assert run("evaluate", "demo", "--data-root", root, "--checkpoint", trained_run / "final.pt",
+                   "--set", "data.workers=0", *ONE_VIEW) == 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,11 +30,21 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda file: torch.save({"version": FORMAT_VERSION, **state}, file))
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether a file starts as ``torch.save`` output does: a zip archive, or (the legacy format) a pickle."""
+    with path.open("rb") as file:
+        head = file.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``); errors name the file and the fix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (training writes <out>/last.pt and <out>/final.pt)")
+    if not _looks_like_torch_file(path):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle as torch.save "
+                         "writes them); give a checkpoint written by bridgeseg training (<run>/last.pt or final.pt)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:

@@ -21,6 +21,7 @@ from ..data.loading import build_dataset
 from ..files import check_output_folder, writing
 from ..outputs import FORMATS, CocoResults, write_cityscapes_prediction, write_prediction, write_voc_prediction
 from ..predictor import Predictor
+from .evaluate import check_dataset_classes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -171,9 +172,7 @@ def predict_dataset(config: Config, checkpoint: str | Path, out_dir: str | Path,
     predictor = Predictor.from_checkpoint(checkpoint, device=device, eval_config=config.eval,
                                           instance_config=config.instance)
     dataset = build_dataset(config.data, split or config.evaluation_split)
-    if dataset.num_classes != len(predictor.class_names):
-        raise ValueError(f"the checkpoint has {len(predictor.class_names)} classes, the dataset "
-                         f"{dataset.num_classes}; point --data-root at a dataset with the same classes")
+    check_dataset_classes(predictor.class_names, dataset.class_names, config.data.root)
     coco = CocoResults() if fmt == "coco" else None
     for index in tqdm(range(len(dataset)), desc=f"predicting ({fmt})", unit="img", disable=not progress):
         name = dataset.ids[index]
