@@ -1,20 +1,23 @@
 """The faults a hostile user found (issue 14), through the command line: output and disk errors
-(case 2), checks that came too late or said the wrong thing (4), checkpoint file modes (5).
-Case 1, image kinds, is tests/test_image_kinds.py."""
+(case 2), resuming with a changed config (3), checks that came too late or said the wrong thing
+(4), checkpoint file modes (5). Case 1, image kinds, is tests/test_image_kinds.py."""
 
 from __future__ import annotations
 
 import builtins
 import errno
+import gc
 import io
+import json
 import os
 import shutil
 import stat
 from pathlib import Path
 
 import pytest
+import torch
 
-from bridgeseg.checkpoint import save_checkpoint
+from bridgeseg.checkpoint import load_checkpoint, save_checkpoint
 from bridgeseg.cli import main
 from test_cli import TINY
 
@@ -43,6 +46,11 @@ def trained_run(tmp_path_factory, synthetic_root):
     out = tmp_path_factory.mktemp("faults") / "run"
     assert run(*train_args(synthetic_root, out, "model.arch=joint")) == 0
     return out
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
 
 
 def dataset_with_classes(synthetic_root, folder, names):
@@ -143,6 +151,29 @@ def test_a_read_only_output_folder_is_refused_before_the_work(tmp_path, syntheti
     assert "mean IoU" not in captured.out  # before the evaluation, not after it
 
 
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(tmp_path, synthetic_root, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real_save, saves = torch.save, []
+
+    def full_at_the_third(obj, file, *args, **kwargs):
+        saves.append(file)
+        if len(saves) == 3:
+            file.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_the_third)
+    assert run(*train_args(synthetic_root, out, "model.arch=semantic", "train.iterations=3")) == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"could not write {out / 'last.pt'} (No space left on device); the previous last.pt is kept" in line
+    assert f"Training stopped at step 3; {out / 'last.pt'} holds step 2" in line
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+    assert not list(out.glob(".last.pt.*")) and not (out / "final.pt").exists()
+    monkeypatch.undo()
+    assert run(*train_args(synthetic_root, out, "model.arch=semantic", "train.iterations=3")) == 0
+    assert "resuming from" in capsys.readouterr().out and load_checkpoint(out / "final.pt")["step"] == 3
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full (Linux)")
 def test_a_full_disk_at_json_still_prints_the_metrics(tmp_path, synthetic_root, trained_run, monkeypatch, capsys):
     assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", trained_run / "final.pt",
@@ -160,6 +191,26 @@ def test_a_full_disk_at_json_still_prints_the_metrics(tmp_path, synthetic_root, 
     assert previous.read_text() == "the previous scores\n" and not list(tmp_path.glob(".scores.json.*"))
 
 
+def test_a_file_that_cannot_be_written_at_the_end_loses_no_metrics(tmp_path, synthetic_root, trained_run, capsys):
+    out = tmp_path / "run"
+    (out / "class_scores.png").mkdir(parents=True)  # in the way of the last file training writes
+    assert run(*train_args(synthetic_root, out, "model.arch=semantic")) == 2
+    captured = capsys.readouterr()
+    assert "mean IoU" in captured.out
+    assert f"could not write {out / 'class_scores.png'}" in error_line(captured.err)
+    assert "the metrics are printed above" in captured.err
+    assert (out / "final.pt").is_file() and (out / "curves.png").is_file()
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["final"]
+
+    report = tmp_path / "report"
+    (report / "class_scores.png").mkdir(parents=True)
+    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", trained_run / "final.pt",
+               "--report", report, "--set", "data.workers=0", *ONE_VIEW) == 2
+    captured = capsys.readouterr()
+    assert "mean IoU" in captured.out
+    assert f"could not write the report in {report} ({report / 'class_scores.png'}" in error_line(captured.err)
+
+
 def test_predict_says_which_image_it_could_not_write_and_keeps_the_others(tmp_path, synthetic_root, trained_run,
                                                                            capsys):
     first, second = sorted((synthetic_root / "JPEGImages").glob("val_*.jpg"))[:2]
@@ -171,6 +222,44 @@ def test_predict_says_which_image_it_could_not_write_and_keeps_the_others(tmp_pa
     assert f"could not write the prediction files of {second} into {out}" in line
     assert "the files of 1 earlier image are kept" in line
     assert (out / f"{first.stem}_overlay.png").is_file() and (out / f"{first.stem}.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Resuming with a changed config
+# ----------------------------------------------------------------------------------------------
+
+def test_resuming_with_another_architecture_is_refused_before_anything_is_written(synthetic_root, run_copy, capsys):
+    before = {name: (run_copy / name).read_bytes() for name in ("config.yaml", "last.pt", "metrics.jsonl")}
+    assert run(*train_args(synthetic_root, run_copy, "model.arch=joint", "model.depth=34",
+                           "data.crop_size=40")) == 2
+    line = error_line(capsys.readouterr().err)
+    assert f"cannot resume {run_copy / 'last.pt'} (step 2)" in line
+    assert "model.depth is 34 but 18 in the checkpoint, data.crop_size is 40 but 48 in the checkpoint" in line
+    assert "--out OTHER" in line and "--no-resume" in line
+    assert {name: (run_copy / name).read_bytes() for name in before} == before  # the run's record is intact
+
+
+def test_resuming_on_other_classes_is_refused(tmp_path, synthetic_root, run_copy, capsys):
+    root = dataset_with_classes(synthetic_root, tmp_path / "data", ["bg", "disk", "box", "wedge", "plus", "star"])
+    config = (run_copy / "config.yaml").read_bytes()
+    assert run(*train_args(root, run_copy, "model.arch=joint")) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "trained on the classes ['background', 'circle'," in line and "now has ['bg', 'disk'," in line
+    assert "--no-resume" in line and (run_copy / "config.yaml").read_bytes() == config
+
+
+def test_a_longer_schedule_and_a_new_learning_rate_are_taken_and_recorded(synthetic_root, run_copy, capsys):
+    assert run(*train_args(synthetic_root, run_copy, "model.arch=joint", "train.iterations=3", "train.lr=0.0001",
+                           "eval.flip=true")) == 0
+    printed = capsys.readouterr().out
+    assert ("resuming from" in printed and "at step 2 with changed settings: train.iterations 2 -> 3, train.lr "
+            "0.002 -> 0.0001, eval.flip False -> True") in printed
+    records = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": 2, "config_changes": {"train.iterations": [2, 3], "train.lr": [0.002, 0.0001],
+                                          "eval.flip": [False, True]}} in records
+    step_3 = next(record for record in records if record.get("step") == 3 and "lr" in record)
+    assert step_3["lr"] == pytest.approx(0.0001 * (1 / 3) ** 0.9, rel=1e-3)  # the new rate, not the checkpoint's
+    assert "iterations: 3" in (run_copy / "config.yaml").read_text()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,6 +290,21 @@ def test_an_empty_config_file_is_refused(tmp_path, synthetic_root, capsys):
         line = error_line(capsys.readouterr().err)
         assert f"config file {config} is empty: it would mean every default (ResNet-101, model.init = imagenet" in line
         assert not (tmp_path / "run").exists()
+
+
+def test_a_corrupt_sample_in_a_worker_is_one_line_and_step_0_claims_no_checkpoint(tmp_path, synthetic_root, capsys):
+    root = Path(shutil.copytree(synthetic_root, tmp_path / "data"))
+    for image in (root / "JPEGImages").glob("train_*.jpg"):
+        image.write_bytes(image.read_bytes()[:100])
+    out = tmp_path / "run"
+    assert run(*train_args(root, out, "data.workers=1")) == 2  # a DataLoader worker process
+    gc.collect()  # the failed loader's worker goes now (PyTorch waits 5 s for it), not in a later test
+    err = capsys.readouterr().err
+    line = error_line(err)
+    assert "Original Traceback" not in err and "Caught BadSampleError" not in err
+    assert f"image {root / 'JPEGImages'}/train_" in line and "is corrupt" in line and "data.skip_bad=true" in line
+    assert "Training stopped at step 0, before its first checkpoint" in line and "holds step" not in line
+    assert not (out / "last.pt").exists()
 
 
 def test_a_file_of_random_bytes_is_not_called_a_pickle(tmp_path, synthetic_root, capsys):

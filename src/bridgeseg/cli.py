@@ -70,7 +70,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main_process:
         print(f"\nfinished {result.steps} steps in {result.seconds / 60:.1f} min; checkpoint {result.checkpoint}")
         print(metrics_table(result.metrics, result.class_names))
-    return 0
+        for problem in result.unwritten:
+            print(f"bridgeseg train: error: {problem}; {METRICS_KEPT}", file=sys.stderr)
+    return 2 if result.unwritten else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
