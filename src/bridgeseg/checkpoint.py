@@ -8,34 +8,33 @@ A training checkpoint is a dict of plain data and tensors: ``model``, ``optimize
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .files import atomic_write
+
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then a rename.
+    """Write ``state`` to ``path`` atomically (``files.atomic_write``: a temporary file in the same
+    folder, then a rename), with the user's usual file mode.
 
-    A run killed while saving leaves the previous checkpoint intact.
+    A run killed while saving, or a full disk, leaves the previous checkpoint intact.
+
+    Raises:
+        OutputError: naming the file, when it cannot be written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"version": FORMAT_VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda file: torch.save({"version": FORMAT_VERSION, **state}, file))
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether a file starts as ``torch.save`` output does: a zip archive, or (the legacy format) a pickle."""
+    with path.open("rb") as file:
+        head = file.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -43,6 +42,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (training writes <out>/last.pt and <out>/final.pt)")
+    if not _looks_like_torch_file(path):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle as torch.save "
+                         "writes them); give a checkpoint written by bridgeseg training (<run>/last.pt or final.pt)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:

@@ -11,8 +11,14 @@ from .config import ConfigError, load_config, resolve_config_path
 from .data.registry import DATASETS
 from .evaluation.instance import PROTOCOLS
 from .evaluation.instance_files import GT_FORMATS
+from .files import OutputError, check_output_file, check_output_folder, write_text, writing
 from .oracle import ORACLES
 from .outputs import FORMATS
+
+# the options that name an output folder / file, by argparse dest: checked before any command runs
+OUTPUT_FOLDERS = ("out", "report")
+OUTPUT_FILES = ("json", "onnx")
+METRICS_KEPT = "the metrics are printed above"
 
 
 def _load(args: argparse.Namespace):
@@ -28,10 +34,22 @@ def _load(args: argparse.Namespace):
     return load_config(resolve_config_path(args.config), overrides)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Raise ``OutputError`` before the work when an output location given on the command line
+    cannot be written (a file where a folder should be, a read-only folder, ...)."""
+    for dest, check in [(dest, check_output_folder) for dest in OUTPUT_FOLDERS] + \
+                       [(dest, check_output_file) for dest in OUTPUT_FILES]:
+        if getattr(args, dest, None):
+            check(getattr(args, dest), f"--{dest}")
+
+
 def _write_json(results: dict, path: str | None) -> None:
+    """Write the metrics (already printed) to ``path``, atomically; a failure says they were printed."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+        try:
+            write_text(path, json.dumps(results, indent=2) + "\n")
+        except OutputError as error:
+            raise OutputError(f"{error}; {METRICS_KEPT}") from None
         print(f"wrote {path}")
 
 
@@ -52,7 +70,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main_process:
         print(f"\nfinished {result.steps} steps in {result.seconds / 60:.1f} min; checkpoint {result.checkpoint}")
         print(metrics_table(result.metrics, result.class_names))
-    return 0
+        for problem in result.unwritten:
+            print(f"bridgeseg train: error: {problem}; {METRICS_KEPT}", file=sys.stderr)
+    return 2 if result.unwritten else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -64,8 +84,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(metrics_table(results, class_names))
     _write_json(results, args.json)
     if args.report:
-        path = write_evaluation_report(results, class_names, args.report,
-                                       title=f"Evaluation of {' + '.join(args.checkpoint or []) or 'oracle ' + args.oracle}")
+        with writing(f"the report in {args.report}", kept=METRICS_KEPT):
+            path = write_evaluation_report(results, class_names, args.report,
+                                           title=f"Evaluation of {' + '.join(args.checkpoint or []) or 'oracle ' + args.oracle}")
         print(f"wrote {path} and {Path(args.report) / 'class_scores.png'}")
     return 0
 
@@ -315,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         return args.handler(args)
-    except (ConfigError, FileNotFoundError, ValueError, FloatingPointError, ImportError) as error:
+    except (ConfigError, OSError, ValueError, FloatingPointError, ImportError) as error:
         print(f"bridgeseg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

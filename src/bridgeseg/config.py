@@ -24,6 +24,7 @@ import yaml
 
 from .data.registry import DATASETS
 from .evaluation.instance import PROTOCOLS
+from .files import write_text
 from .grouping import InstanceConfig
 from .models.backbone import DEPTHS, OUTPUT_STRIDES
 from .models.fcrn import ARCHITECTURES
@@ -71,11 +72,11 @@ class ModelConfig:
         check_section(self, "model")
         if self.width % 8:
             raise ConfigError(f"model.width = {self.width} is not valid: use a multiple of 8 (64 = torchvision's "
-                              "ResNet)")
+                              "ResNet)", "model.width")
         if self.width != 64 and self.init != "random":
             raise ConfigError(f"model.width = {self.width} cannot load pretrained weights (model.init = "
                               f"{self.init!r}); pretrained ResNets have width 64: set model.init=random or "
-                              "model.width=64")
+                              "model.width=64", "model.width", "model.init")
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_section(self, "data")
         if self.scale_min > self.scale_max:
-            raise ConfigError(f"data.scale_min ({self.scale_min}) must not exceed data.scale_max ({self.scale_max})")
+            raise ConfigError(f"data.scale_min ({self.scale_min}) must not exceed data.scale_max ({self.scale_max})",
+                              "data.scale_min", "data.scale_max")
 
     @property
     def training_split(self) -> str:
@@ -148,7 +150,7 @@ class LossConfig:
         check_section(self, "loss")
         if self.threshold is None and self.bootstrap and self.min_kept == 0:
             raise ConfigError("loss.threshold is null and loss.min_kept is 0: bootstrapping would keep no pixel; "
-                              "set loss.min_kept (e.g. 512) or a threshold")
+                              "set loss.min_kept (e.g. 512) or a threshold", "loss.threshold", "loss.min_kept")
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,8 @@ class TrainConfig:
         check_section(self, "train")
         if self.deterministic and self.time_limit_minutes > 0:
             raise ConfigError("train.deterministic is true but train.time_limit_minutes makes the learning rate "
-                              "depend on wall-clock time; set train.time_limit_minutes=0 for reproducible runs")
+                              "depend on wall-clock time; set train.time_limit_minutes=0 for reproducible runs",
+                              "train.deterministic", "train.time_limit_minutes")
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.eval.tile_size and self.eval.tile_size < self.model.output_stride:
             raise ConfigError(f"eval.tile_size ({self.eval.tile_size}) must be 0 (whole images) or at least the "
-                              f"output stride ({self.model.output_stride})")
+                              f"output stride ({self.model.output_stride})", "eval.tile_size", "model.output_stride")
 
     @property
     def evaluation_split(self) -> str:
@@ -272,11 +275,11 @@ def _section(section: str, values: Any) -> Any:
     for key, value in values.items():
         dotted = f"{section}.{key}"
         if dotted in MOVED_KEYS:
-            raise ConfigError(f"config key {dotted!r} is now {MOVED_KEYS[dotted]!r}; rename it")
+            raise ConfigError(f"config key {dotted!r} is now {MOVED_KEYS[dotted]!r}; rename it", dotted)
         if key not in fields:
             hint = difflib.get_close_matches(str(key), fields, n=1)
             raise ConfigError(f"unknown config key {dotted!r}" + (f" (did you mean {section}.{hint[0]}?)" if hint else "")
-                              + f"; valid keys of {section!r}: {sorted(fields)}")
+                              + f"; valid keys of {section!r}: {sorted(fields)}", dotted)
         kwargs[key] = coerce(dotted, value, hints[key])
     return cls(**kwargs)
 
@@ -315,40 +318,62 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
+def _read_file(path: Path) -> dict[str, Any]:
+    """The ``{section: {key: value}}`` of a YAML config file; an empty file is an error (it would
+    silently mean every default)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (the configs shipped with bridgeseg are in "
+                          f"{packaged_config_dir()})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if raw is None:
+        model, data = ModelConfig(), DataConfig()
+        raise ConfigError(f"config file {path} is empty: it would mean every default (ResNet-{model.depth}, "
+                          f"model.init = {model.init}, data.root = {data.root}); write your experiment's settings "
+                          f"in it, e.g. starting from {packaged_config_dir() / 'demo.yaml'}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections {list(SECTIONS)}")
+    return raw
+
+
+def _origin(error: ConfigError, path: Path | None, given: dict[str, str]) -> str:
+    """Where the values at fault came from: the overrides that set them and/or the file."""
+    overridden = [given[key] for key in error.keys if key in given]
+    places = [f"from {', '.join(overridden)}"] if overridden else []
+    if path is not None and (not error.keys or any(key not in given for key in error.keys)):
+        places.append(f"in {path}")
+    return f" ({'; '.join(places)})" if places else ""
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Load a YAML config (None = defaults) and apply ``section.key=value`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (the configs shipped with bridgeseg are in "
-                              f"{packaged_config_dir()})")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections {list(SECTIONS)}")
+    """Load a YAML config (None = defaults) and apply overrides: ``--set`` strings
+    (``section.key=value``) or a ``{"section.key": value}`` dict. An error says whether the value
+    at fault came from the file or from an override (and which)."""
+    raw: dict[str, Any] = {} if path is None else _read_file(Path(path))
     if isinstance(overrides, dict):
-        pairs = list(overrides.items())
+        pairs = [(key, value, f"the override {key}={value!r}") for key, value in overrides.items()]
     else:
-        pairs = [parse_override(text) for text in overrides or []]
-    for dotted, value in pairs:
+        pairs = [(*parse_override(text), f"--set {text}") for text in overrides or []]
+    given = {}
+    for dotted, value, text in pairs:
         section, key = _split_key(dotted)
         if not isinstance(raw.get(section) or {}, dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
         raw.setdefault(section, {})
         raw[section] = dict(raw[section] or {}, **{key: value})
+        given[dotted] = text
     try:
         return config_from_dict(raw)
     except ConfigError as error:
-        where = f" in {path}" if path is not None else ""
-        raise ConfigError(f"{error}{where}") from None
+        raise ConfigError(f"{error}{_origin(error, None if path is None else Path(path), given)}",
+                          *error.keys) from None
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config (every key, defaults included) as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config (every key, defaults included) as YAML, atomically."""
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def packaged_config_dir() -> Path:

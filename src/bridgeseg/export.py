@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .data.augment import to_tensors
+from .files import check_output_file, writing
 from .models.build import load_trained_model
 from .predictor import load_image
 
@@ -66,15 +67,15 @@ def export_onnx(checkpoint: str | Path, path: str | Path, image_size: tuple[int,
         and, if the model has one, ``localization`` (N, 4 (C - 1), h, w).
     """
     _require("onnx")
+    path = check_output_file(path)
     model, names, _ = _load(checkpoint)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 3, *image_size)
     axes = None
     if dynamic:
         axes = {"image": {0: "batch", 2: "height", 3: "width"}}
         axes.update({name: {0: "batch", 2: "grid_height", 3: "grid_width"} for name in names})
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), writing(path):
         # the TorchScript exporter: the torch.export-based one needs the onnxscript package and
         # cannot express ceil(H / stride) grids with dynamic shapes as simply
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -26,7 +26,7 @@ from torch import nn
 
 from .components import connected_component_instances
 from .config import Config, ConfigError, EvalConfig, InstanceConfig, parse_override
-from .data.io import read_image
+from .data.io import image_to_rgb, read_image
 from .distributed import resolve_device
 from .geometry import upsampled_probs
 from .grouping import Instances, group_instances
@@ -61,7 +61,8 @@ def find_instances(maps: ImageMaps, image_size: tuple[int, int], settings: Insta
 
 
 def load_image(image) -> np.ndarray:
-    """A path (str/Path), PIL image or (H, W, 3) uint8 RGB array -> (H, W, 3) uint8 RGB array.
+    """A path (str/Path), PIL image or (H, W, 3) uint8 RGB array -> (H, W, 3) uint8 RGB array
+    (files and PIL images of any kind ``data.io.image_to_rgb`` reads).
 
     Raises:
         FileNotFoundError / ValueError naming the file for a missing or corrupt file; ValueError
@@ -70,7 +71,7 @@ def load_image(image) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return image_to_rgb(image)  # as a file of that image is read: 16-bit scaled, EXIF applied, ...
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype "

@@ -22,7 +22,15 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A config file, override or setting is wrong; the message names the key and the fix."""
+    """A config file, override or setting is wrong; the message names the key and the fix.
+
+    ``keys``: the dotted keys whose values are at fault, where known (so that the error can say
+    whether they came from a file or a ``--set`` override).
+    """
+
+    def __init__(self, message: str, *keys: str) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 def setting(default: Any, *, choices=None, minimum: float | None = None, maximum: float | None = None,
@@ -55,16 +63,16 @@ def check_value(dotted: str, value: Any, rules: dict) -> None:
     """Raise ``ConfigError`` naming ``dotted`` when ``value`` breaks ``rules`` (a field's metadata)."""
     choices = rules.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{dotted} = {value!r} is not valid; choose one of {list(choices)}")
+        raise ConfigError(f"{dotted} = {value!r} is not valid; choose one of {list(choices)}", dotted)
     if value is None or isinstance(value, (bool, str)):
         return
     values = value if isinstance(value, tuple) else (value,)
     for item in values:
         if isinstance(item, float) and not math.isfinite(item):
-            raise ConfigError(f"{dotted} = {value!r} is not valid: it must be a finite number")
+            raise ConfigError(f"{dotted} = {value!r} is not valid: it must be a finite number", dotted)
         problem = _bound_problem(item, rules)
         if problem:
-            raise ConfigError(f"{dotted} = {value!r} is out of range: {problem}")
+            raise ConfigError(f"{dotted} = {value!r} is out of range: {problem}", dotted)
 
 
 def check_section(section: Any, name: str) -> None:
@@ -92,12 +100,12 @@ def coerce(dotted: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"{dotted} must be a non-empty list of numbers, got {value!r}")
+            raise ConfigError(f"{dotted} must be a non-empty list of numbers, got {value!r}", dotted)
         return tuple(coerce(dotted, item, item_type) for item in value)
     if origin is tuple:
         item_types = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
-            raise ConfigError(f"{dotted} must be a list of {len(item_types)} numbers, got {value!r}")
+            raise ConfigError(f"{dotted} must be a list of {len(item_types)} numbers, got {value!r}", dotted)
         return tuple(coerce(dotted, item, item_type) for item, item_type in zip(value, item_types))
     if annotation is bool:
         if isinstance(value, bool):
@@ -116,4 +124,4 @@ def coerce(dotted: str, value: Any, annotation: Any) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{dotted} must be {_type_name(annotation)}, got {value!r}")
+    raise ConfigError(f"{dotted} must be {_type_name(annotation)}, got {value!r}", dotted)

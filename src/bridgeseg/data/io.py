@@ -1,5 +1,13 @@
 """Reading and writing images and label PNGs, with errors that name the file.
 
+Images are read as (H, W, 3) uint8 RGB whatever their kind (``image_to_rgb``): 8-bit colour and
+grayscale as stored; 16-bit grayscale (modes "I;16*", or "I" with values 0..65535) scaled to 8
+bits by ``round(v / 257)`` (Pillow reduces 16-bit colour PNGs to their high byte itself);
+palette, 1-bit, CMYK and YCbCr converted by Pillow; an EXIF orientation applied, so that the
+array is the picture as a viewer shows it; transparency (RGBA, LA, a palette's transparent
+colour) composited onto white, so that transparent pixels do not show whatever colour they
+happen to store. Floating-point and other modes are refused with the file named.
+
 Label PNGs hold class (or instance) indices, 255 = void. Palette ("P") and grayscale ("L", "I;16",
 "I") PNGs are read as their raw indices; RGB colour-coded PNGs are decoded through a colour
 table (the VOC palette by default).
@@ -10,9 +18,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 VOID = 255
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+CONVERTED_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr")
+
+
+class ImageKindError(ValueError):
+    """An image file that is readable but of a kind bridgeseg does not read (the message names it)."""
 
 
 def voc_palette(num_colors: int = 256) -> np.ndarray:
@@ -29,13 +44,52 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     return palette
 
 
+def _sixteen_bit_gray(image: Image.Image, name: str) -> np.ndarray:
+    """(H, W, 3) uint8 of a 16-bit grayscale image: each value v in 0..65535 becomes round(v / 257)."""
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageKindError(f"image {name} is a 32-bit integer image (values {values.min()}..{values.max()}); "
+                         "bridgeseg reads 8- and 16-bit images: save it as an 8- or 16-bit PNG")
+    gray = ((values + 128) // 257).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def _on_white(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 of an image with transparency, composited onto a white background."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+
+
+def image_to_rgb(image: Image.Image, name: str = "the image") -> np.ndarray:
+    """An opened (loaded) Pillow image as the (H, W, 3) uint8 RGB picture a viewer shows (see the
+    module docstring for each kind); ``name`` (the file) is used in errors.
+
+    Raises:
+        ImageKindError (a ValueError): a mode bridgeseg does not read (floating point, 32-bit integers, LAB, HSV, ...).
+    """
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        return _sixteen_bit_gray(image, name)
+    if mode in TRANSPARENT_MODES or (mode in ("P", "L", "RGB") and "transparency" in image.info):
+        return _on_white(image)
+    if mode in CONVERTED_MODES:
+        return np.asarray(image.convert("RGB"))
+    kind = "floating-point values" if mode == "F" else f"image mode {mode}"
+    raise ImageKindError(f"image {name} holds {kind}, which bridgeseg does not read; save it as an 8- or 16-bit "
+                     "RGB or grayscale PNG (or a JPEG)")
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB."""
+    """Read an image file as (H, W, 3) uint8 RGB (``image_to_rgb``); errors name the file."""
     path = Path(path)
     try:
         with Image.open(path) as image:
             image.load()
-            return np.asarray(image.convert("RGB"))
+            return image_to_rgb(image, str(path))
+    except ImageKindError:
+        raise
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path} does not exist") from None
     except Image.DecompressionBombError as error:

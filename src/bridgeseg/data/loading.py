@@ -22,7 +22,19 @@ from .registry import open_dataset
 
 
 class BadSampleError(ValueError):
-    """A training image or label could not be read; the message names the file."""
+    """A training image or label could not be read; the message (one line) names the file.
+
+    Raised in a DataLoader worker, it reaches the main process rebuilt from a message that holds
+    the worker's whole traceback ("Caught BadSampleError in DataLoader worker process 0. Original
+    Traceback ..."); only its last line, the original message, is kept.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        lines = [line for line in str(message).splitlines() if line.strip()]
+        if len(lines) > 1 and marker in lines[-1]:
+            message = lines[-1].split(marker, 1)[1]
+        super().__init__(message)
 
 
 def build_dataset(config: DataConfig, split: str, with_instances: bool = False) -> SegmentationDataset:

@@ -8,6 +8,8 @@ in between (``bridgeseg.oracle``).
 
 from __future__ import annotations
 
+import warnings
+
 from tqdm import tqdm
 
 from ..config import Config, InstanceConfig
@@ -84,6 +86,20 @@ def _evaluated_heads(heads: tuple[str, ...], oracle: str | None, method: str) ->
     return has_classes and ("localization" in heads or oracle == "localization" or method == "connected_components")
 
 
+def check_dataset_classes(checkpoint_classes: tuple[str, ...], dataset_classes: tuple[str, ...], root) -> None:
+    """Refuse a dataset with another number of classes than the checkpoint's; warn, with both lists,
+    when they have other names (label value i is then scored as the checkpoint's class i)."""
+    checkpoint_classes, dataset_classes = list(checkpoint_classes), list(dataset_classes)
+    if len(dataset_classes) != len(checkpoint_classes):
+        raise ValueError(f"the checkpoint was trained on {len(checkpoint_classes)} classes {checkpoint_classes} but "
+                         f"the dataset at {root} has {len(dataset_classes)} {dataset_classes}; point --data-root at a "
+                         "dataset with the same classes")
+    if dataset_classes != checkpoint_classes:
+        warnings.warn(f"the checkpoint was trained on the classes {checkpoint_classes} but the dataset at {root} has "
+                      f"{dataset_classes}: its label value i is scored as the checkpoint's class i. Point --data-root "
+                      "at the dataset the checkpoint was trained for, or fix its classes.txt", UserWarning, stacklevel=3)
+
+
 def evaluate_config(config: Config, checkpoint_path=None, oracle: str | None = None, device: str = "auto",
                     progress: bool = True) -> tuple[dict, tuple[str, ...]]:
     """Evaluate a checkpoint (or an oracle) on ``config``'s evaluation split.
@@ -108,10 +124,8 @@ def evaluate_config(config: Config, checkpoint_path=None, oracle: str | None = N
     dataset = build_dataset(config.data, config.evaluation_split, with_instances=with_instances or oracle is not None)
     if predictor is None:
         class_names = dataset.class_names
-    elif len(dataset.class_names) != len(class_names):
-        raise ValueError(f"the checkpoint was trained on {len(class_names)} classes {list(class_names)} but the "
-                         f"dataset at {config.data.root} has {len(dataset.class_names)}; point --data-root at a "
-                         "dataset with the same classes")
+    else:
+        check_dataset_classes(class_names, dataset.class_names, config.data.root)
     loader = evaluation_loader(config.data, dataset, limit=config.eval.max_images)
     results = evaluate_model(predictor, loader, class_names, config.instance if with_instances else None,
                              config.eval.protocol, oracle=oracle, progress=progress)

@@ -18,8 +18,10 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.io import read_image
 from ..data.loading import build_dataset
+from ..files import check_output_folder, writing
 from ..outputs import FORMATS, CocoResults, write_cityscapes_prediction, write_prediction, write_voc_prediction
 from ..predictor import Predictor
+from .evaluate import check_dataset_classes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -128,7 +130,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
         FileNotFoundError: an input matches no image.
     """
     paths = expand_inputs(inputs)
-    out = Path(out_dir)
+    out = check_output_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary(out_dir=str(out))
     counts: Counter = Counter()
@@ -141,7 +143,9 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
             tqdm.write(f"warning: skipping {path}: {error}", file=sys.stderr)
             continue
         prediction = predictor(image)
-        write_prediction(out, stem, image, prediction, source=str(path))
+        kept = f"the files of {summary.images} earlier image{'s' * (summary.images != 1)} are kept"
+        with writing(f"the prediction files of {path} into {out}", kept):
+            write_prediction(out, stem, image, prediction, source=str(path))
         summary.images += 1
         if prediction.instances is not None:
             counts.update(prediction.class_names[label] for label in prediction.instances.labels.tolist())
@@ -163,14 +167,12 @@ def predict_dataset(config: Config, checkpoint: str | Path, out_dir: str | Path,
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     if fmt == "cityscapes" and config.data.dataset != "cityscapes":
         raise ValueError("--format cityscapes writes Cityscapes label ids and needs data.dataset=cityscapes")
-    out_dir = Path(out_dir)
+    out_dir = check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictor = Predictor.from_checkpoint(checkpoint, device=device, eval_config=config.eval,
                                           instance_config=config.instance)
     dataset = build_dataset(config.data, split or config.evaluation_split)
-    if dataset.num_classes != len(predictor.class_names):
-        raise ValueError(f"the checkpoint has {len(predictor.class_names)} classes, the dataset "
-                         f"{dataset.num_classes}; point --data-root at a dataset with the same classes")
+    check_dataset_classes(predictor.class_names, dataset.class_names, config.data.root)
     coco = CocoResults() if fmt == "coco" else None
     for index in tqdm(range(len(dataset)), desc=f"predicting ({fmt})", unit="img", disable=not progress):
         name = dataset.ids[index]

@@ -17,10 +17,9 @@ Under ``torchrun`` (see ``distributed.py``) only rank 0 logs and writes.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,15 +27,18 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import distributed
-from ..checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from ..checkpoint import rng_state, save_checkpoint
 from ..config import Config, TrainConfig, save_config
 from ..data.base import SegmentationDataset
 from ..data.loading import BadSampleError, build_dataset, evaluation_loader, training_loader
+from ..files import OutputError, check_output_folder, writing
 from ..losses import SegmentationLoss
 from ..models.build import build_model, heads_of
 from ..predictor import Predictor
 from ..visualize import plot_class_scores, plot_training_curves
 from .evaluate import evaluate_model
+from .metrics_log import MetricsLog
+from .resume import check_classes, format_differences, load_training_state, resumable_state
 
 
 def parameter_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
@@ -94,26 +96,6 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-class MetricsLog:
-    """Appends one JSON object per line to ``path`` (rank 0 only)."""
-
-    def __init__(self, path: Path, enabled: bool = True) -> None:
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as file:
-                file.write(json.dumps(record) + "\n")
-
-    def truncate_after(self, step: int) -> None:
-        """Keep only the records of steps up to ``step`` (all gone for step 0)."""
-        if not self.path.is_file():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and step > 0 and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -122,6 +104,7 @@ class TrainResult:
     seconds: float
     metrics: dict
     class_names: tuple[str, ...]
+    unwritten: tuple[str, ...] = ()  # the final outputs that could not be written (why, naming each file)
 
 
 def _configure_determinism(config: TrainConfig) -> None:
@@ -149,6 +132,8 @@ class Run:
     val_set: SegmentationDataset
     step: int = 0
     elapsed_before: float = 0.0  # training seconds of the run before this process resumed it
+    saved_step: int | None = None  # the step last.pt holds (None: no checkpoint of this run yet)
+    config_changes: dict = field(default_factory=dict)  # {"section.key": (old, new)} taken on resume
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -172,26 +157,35 @@ def _build_model(config: Config, num_classes: int, rank: distributed.Distributed
     return model.to(memory_format=torch.channels_last if config.model.channels_last else torch.contiguous_format)
 
 
-def _resume(run: Run) -> None:
-    """Continue from ``out/last.pt``: weights, optimizer, scaler, RNG state, step, elapsed time."""
-    state = load_checkpoint(run.last_path, map_location=run.device)
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if "scaler" in state:
-        run.scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
+def _resume(run: Run, state: dict) -> None:
+    """Continue from the checkpoint ``state``: weights, optimizer, scaler, RNG state, step, elapsed time."""
+    load_training_state(state, run.model, run.optimizer, run.scaler)
     run.step, run.elapsed_before = state["step"], state["elapsed"]
+    run.saved_step = run.step
     if run.rank.is_main:
-        print(f"resuming from {run.last_path} at step {run.step}")
+        changed = f" with changed settings: {format_differences(run.config_changes)}" if run.config_changes else ""
+        print(f"resuming from {run.last_path} at step {run.step}{changed}")
 
 
 def setup(config: Config, out_dir: str | Path, resume: bool = True) -> Run:
-    """Datasets, model, optimizer and loss of ``config``; the state of ``out_dir/last.pt`` when resuming."""
+    """Datasets, model, optimizer and loss of ``config``; the state of ``out_dir/last.pt`` when resuming.
+
+    Everything that can be known before the run starts is checked before ``out_dir`` is touched:
+    the folder can be written, and a resumed checkpoint takes the config (``engine.resume``).
+    """
     rank = distributed.init_distributed()
     out_dir, tcfg = Path(out_dir), config.train
     if tcfg.batch_size % rank.world_size:
         raise ValueError(f"train.batch_size ({tcfg.batch_size}) is the global batch and must be divisible by the "
                          f"number of processes ({rank.world_size})")
+    if rank.is_main:
+        check_output_folder(out_dir)
+    state, changes = resumable_state(config, out_dir / "last.pt") if resume else (None, {})
+    with_instances = "localization" in heads_of(config.model)
+    train_set = build_dataset(config.data, config.data.training_split, with_instances)
+    val_set = build_dataset(config.data, config.evaluation_split, with_instances)
+    if state is not None:
+        check_classes(state, tuple(train_set.class_names), out_dir / "last.pt")
     if rank.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
@@ -200,16 +194,14 @@ def setup(config: Config, out_dir: str | Path, resume: bool = True) -> Run:
     _configure_determinism(tcfg)
     torch.manual_seed(tcfg.seed)
     device = distributed.resolve_device(tcfg.device, rank.local_rank)
-    with_instances = "localization" in heads_of(config.model)
-    train_set = build_dataset(config.data, config.data.training_split, with_instances)
-    val_set = build_dataset(config.data, config.evaluation_split, with_instances)
     model = _build_model(config, train_set.num_classes, rank, device)
     optimizer = build_optimizer(model, tcfg)
     run = Run(config, out_dir, rank, device, model, model, optimizer,
               torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16"),
-              SegmentationLoss(config.loss, train_set.num_classes, config.model.output_stride), train_set, val_set)
-    if resume and run.last_path.is_file():
-        _resume(run)
+              SegmentationLoss(config.loss, train_set.num_classes, config.model.output_stride), train_set, val_set,
+              config_changes=changes)
+    if state is not None:
+        _resume(run, state)
     if rank.enabled:
         run.network = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
@@ -236,9 +228,8 @@ def train_step(run: Run, batch: dict, lr_factor: float) -> tuple[torch.Tensor, d
     loss, parts = run.criterion(outputs, targets, run.step)
     if not math.isfinite(loss.item()):
         raise FloatingPointError(
-            f"the loss became {loss.item()} at step {run.step} (parts {parts}); stopping. The last good checkpoint "
-            f"is {run.last_path}: lower train.lr (or use train.amp=off / bf16), check the data, and run the same "
-            "command again to resume from it")
+            f"the loss became {loss.item()} at step {run.step} (parts {parts}); lower train.lr (or use train.amp=off "
+            "/ bf16) or check the data")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
@@ -251,10 +242,30 @@ def save(run: Run, path: Path, elapsed: float) -> Path | None:
     """Write everything needed to resume into ``path`` (rank 0 only), atomically."""
     if not run.rank.is_main:
         return None
-    return save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                            "scaler": run.scaler.state_dict(), "step": run.step, "elapsed": elapsed,
-                            "config": run.config.to_dict(), "class_names": list(run.class_names),
-                            "rng": rng_state()}, path)
+    save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                     "scaler": run.scaler.state_dict(), "step": run.step, "elapsed": elapsed,
+                     "config": run.config.to_dict(), "class_names": list(run.class_names), "rng": rng_state()}, path)
+    if path == run.last_path:
+        run.saved_step = run.step
+    return path
+
+
+def stop_note(run: Run) -> str:
+    """How to go on after an error stopped the run: the end of the error's message."""
+    if run.saved_step is None:
+        return (f"Training stopped at step {run.step}, before its first checkpoint (train.checkpoint_every = "
+                f"{run.config.train.checkpoint_every}): there is nothing to resume; fix the cause and run again")
+    return (f"Training stopped at step {run.step}; {run.last_path} holds step {run.saved_step}: fix the cause and "
+            "run the same command again to resume from it")
+
+
+@contextlib.contextmanager
+def _stopping(run: Run):
+    """Add ``stop_note`` to the errors that stop a run (bad data, a non-finite loss, a failed write)."""
+    try:
+        yield
+    except (BadSampleError, FloatingPointError, OutputError) as error:
+        raise type(error)(f"{error}. {stop_note(run)}") from None
 
 
 def evaluate_run(run: Run, limit: int, progress: bool) -> dict:
@@ -325,7 +336,7 @@ def _loop(run: Run, log: MetricsLog, progress: bool) -> float:
                disable=not (progress and run.rank.is_main), dynamic_ncols=True)
     schedule = _Schedule(tcfg, run.elapsed_before)
     throughput = _Throughput(schedule.start)
-    try:
+    with _stopping(run), bar:  # the bar closes first, then the error gets its note
         for batch in loader:
             fraction = schedule.progress(run.step)
             if fraction >= 1.0:
@@ -339,29 +350,50 @@ def _loop(run: Run, log: MetricsLog, progress: bool) -> float:
                 save(run, run.last_path, schedule.elapsed())
             if tcfg.eval_every and run.step % tcfg.eval_every == 0 and run.step < tcfg.iterations:
                 log.write({"step": run.step, "eval": evaluate_run(run, run.config.eval.periodic_max_images, progress)})
-    except BadSampleError as error:
-        raise BadSampleError(f"{error}. Training stopped at step {run.step}; the last checkpoint is {run.last_path} "
-                             "(fix or remove the file, or set data.skip_bad=true, and run again to resume)") from None
-    finally:
-        bar.close()
     return schedule.elapsed()
 
 
+def _final_outputs(run: Run, log: MetricsLog, metrics: dict) -> tuple[str, ...]:
+    """The final evaluation's line in ``metrics.jsonl`` and the two plots (rank 0). A write that
+    fails does not stop the others, nor lose the metrics: returns why each failed file failed."""
+    if not run.rank.is_main:
+        return ()
+    curves, scores = run.out_dir / "curves.png", run.out_dir / "class_scores.png"
+    writes = [(log.path, lambda: log.write({"step": run.step, "eval": metrics, "final": True})),
+              (curves, lambda: plot_training_curves(log.path, curves)),
+              (scores, lambda: plot_class_scores(metrics, run.class_names, scores))]
+    unwritten = []
+    for path, write in writes:
+        try:
+            with writing(path):
+                write()
+        except OutputError as error:
+            unwritten.append(str(error))
+    return tuple(unwritten)
+
+
 def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bool = True) -> TrainResult:
-    """Train ``config`` into ``out_dir`` (resuming from ``out_dir/last.pt`` when present)."""
+    """Train ``config`` into ``out_dir`` (resuming from ``out_dir/last.pt`` when present).
+
+    Raises (with ``stop_note``: where the run can resume from): ``BadSampleError``,
+    ``FloatingPointError`` (a non-finite loss), ``OutputError`` (a checkpoint or log that cannot be
+    written). The final metrics are returned even when a file after them cannot be written
+    (``TrainResult.unwritten``).
+    """
     run = setup(config, out_dir, resume)
     log = MetricsLog(run.out_dir / "metrics.jsonl", enabled=run.rank.is_main)
     if run.rank.is_main:
         log.truncate_after(run.step)  # a fresh run starts a fresh log; a resumed one drops what it will redo
+        if run.config_changes:
+            log.write({"step": run.step, "config_changes": {key: list(values)
+                                                            for key, values in run.config_changes.items()}})
     set_train_mode(run.model, config.model.freeze_bn)
     seconds = _loop(run, log, progress)
-    save(run, run.last_path, seconds)
     final_path = run.out_dir / "final.pt"
-    save(run, final_path, seconds)
+    with _stopping(run):
+        save(run, run.last_path, seconds)
+        save(run, final_path, seconds)
     metrics = evaluate_run(run, config.eval.max_images, progress)
-    log.write({"step": run.step, "eval": metrics, "final": True})
-    if run.rank.is_main:
-        plot_training_curves(run.out_dir / "metrics.jsonl", run.out_dir / "curves.png")
-        plot_class_scores(metrics, run.class_names, run.out_dir / "class_scores.png")
+    unwritten = _final_outputs(run, log, metrics)
     distributed.barrier()
-    return TrainResult(run.out_dir, final_path, run.step, seconds, metrics, run.class_names)
+    return TrainResult(run.out_dir, final_path, run.step, seconds, metrics, run.class_names, unwritten)
