@@ -36,6 +36,7 @@ __all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "InstanceConfig"
            "TrainConfig", "config_from_dict", "load_config", "parse_override", "save_config"]
 
 LOSS_RESOLUTIONS = ("label", "output")
+CLASS_WEIGHTINGS = ("none", "median_frequency")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("off", "bf16", "fp16")
 # keys that moved: old dotted key -> new one (configs stored in checkpoints are migrated)
@@ -86,7 +87,9 @@ class DataConfig:
     ``voc_aug``), see ``training_split`` / ``validation_split``. Augmentation: random scale in
     [``scale_min``, ``scale_max``], crop, ``flip``; ``color_jitter`` s > 0: random brightness,
     contrast, saturation (x [1 - s, 1 + s]) and hue; ``copy_paste`` p > 0: with probability p a crop
-    gets objects of another training crop pasted in (``data.augment.paste_objects``)."""
+    gets objects of another training crop pasted in (``data.augment.paste_objects``).
+    ``repeat_threshold`` t > 0: repeat factor sampling, images of classes present in fewer than a
+    fraction t of the training images come round more often (``data.balance``)."""
 
     dataset: str = setting("voc", choices=DATASETS)
     root: str = setting("data/VOCdevkit/VOC2012")
@@ -99,6 +102,7 @@ class DataConfig:
     flip: bool = setting(True)
     color_jitter: float = setting(0.0, minimum=0.0, below=1.0)
     copy_paste: float = setting(0.0, minimum=0.0, maximum=1.0)
+    repeat_threshold: float = setting(0.0, minimum=0.0, maximum=1.0)
     mean: tuple[float, float, float] = setting((0.485, 0.456, 0.406))
     std: tuple[float, float, float] = setting((0.229, 0.224, 0.225), above=0.0)
     workers: int = setting(2, minimum=0)
@@ -131,7 +135,9 @@ class LossConfig:
     plain cross-entropy come first. ``resolution``: ``label`` upsamples the outputs to the label
     size, ``output`` samples the labels at the output stride.
     Localization: smooth-L1 with per-instance weighting; a pixel is easy when its predicted box
-    has IoU above ``box_iou_threshold`` with its ground-truth box.
+    has IoU above ``box_iou_threshold`` with its ground-truth box. ``class_weighting``:
+    ``median_frequency`` weights each class's pixels in the semantic loss by median class pixel
+    frequency / its own (not in the paper, which relies on bootstrapping to balance classes).
     """
 
     bootstrap: bool = setting(True)
@@ -144,6 +150,7 @@ class LossConfig:
     box_min_kept: int = setting(512, minimum=0)
     instance_weighting: str = setting("equal", choices=INSTANCE_WEIGHTINGS)
     smooth_l1_beta: float = setting(1.0, minimum=0.0)
+    class_weighting: str = setting("none", choices=CLASS_WEIGHTINGS)
     localization_weight: float = setting(1.0, minimum=0.0)
 
     def __post_init__(self) -> None:

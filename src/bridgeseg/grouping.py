@@ -35,7 +35,7 @@ import torch
 
 from .geometry import resize_to_input
 from .nms import cluster_votes, greedy_keep
-from .refine import assign_pixels, fill_gaps, image_candidates
+from .refine import ImageCandidates, assign_pixels, fill_gaps
 from .settings import check_section, setting
 from .targets import decode_boxes
 
@@ -327,26 +327,8 @@ def _rows_of_clusters(hypotheses: _ClassHypotheses, rows: torch.Tensor, ids: tor
     return [row_of[cluster_map] for cluster_map in hypotheses.cluster_maps]  # -1 indexes the last entry: -1
 
 
-class _ImageCandidates:
-    """Candidate pixels of each class and rank at image resolution, computed once when first needed."""
-
-    def __init__(self, probs: torch.Tensor, stride: int, image_size: tuple[int, int], min_score: float,
-                 class_map: torch.Tensor | None) -> None:
-        self.probs, self.stride, self.image_size, self.min_score = probs, stride, image_size, min_score
-        self.class_map = class_map if min_score == 0 else None  # argmax == top-1 candidates when no floor
-        self._by_rank: dict[int, torch.Tensor] = {}
-
-    def __call__(self, rank: int, label: int) -> torch.Tensor:
-        """(H, W) bool candidates of class ``label`` among the top ``rank``."""
-        if rank == 1 and self.class_map is not None:
-            return self.class_map == label
-        if rank not in self._by_rank:
-            self._by_rank[rank] = image_candidates(self.probs, self.stride, self.image_size, rank, self.min_score)
-        return self._by_rank[rank][label - 1]
-
-
 def _class_map_masks(per_class: dict, labels: torch.Tensor, ids: torch.Tensor, grid_size: tuple[int, int],
-                     candidates: _ImageCandidates, settings: InstanceConfig) -> torch.Tensor:
+                     candidates: ImageCandidates, settings: InstanceConfig) -> torch.Tensor:
     """(K, H, W) masks of the chosen hypotheses at image resolution (see ``bridgeseg.refine``)."""
     masks = torch.zeros(len(labels), *candidates.image_size, dtype=torch.bool, device=labels.device)
     for k, hyp in per_class.items():
@@ -401,7 +383,7 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
     local_ids = torch.cat([torch.arange(len(hyp.scores), device=probs.device) for hyp in per_class.values()])
     best = scores.argsort(descending=True, stable=True)[:settings.max_instances]
     if settings.masks == "class_map" and (height, width) != tuple(image_size):
-        candidates = _ImageCandidates(probs, stride, tuple(image_size), settings.min_score, class_map)
+        candidates = ImageCandidates(probs, stride, tuple(image_size), settings.min_score, class_map)
         masks = _class_map_masks(per_class, labels[best], local_ids[best], (height, width), candidates, settings)
     else:
         grid_masks = torch.zeros(len(best), height * width, dtype=torch.bool, device=probs.device)

@@ -62,7 +62,8 @@ def hard_pixel_mask(easiness: torch.Tensor, valid: torch.Tensor, threshold: floa
 
 
 def bootstrapped_cross_entropy(logits: torch.Tensor, target: torch.Tensor, threshold: float | None = 0.6,
-                               min_kept: int = 512, bootstrap: bool = True, ignore_index: int = 255) -> torch.Tensor:
+                               min_kept: int = 512, bootstrap: bool = True, ignore_index: int = 255,
+                               class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 1 of the paper.
 
     Args:
@@ -71,6 +72,8 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thres
         threshold: probability threshold ``t`` in (0, 1], or None for exactly ``min_kept``.
         min_kept: ``K``, the fewest pixels kept per crop.
         bootstrap: False gives plain cross-entropy averaged over labelled pixels.
+        class_weights: (C,) weight of each class's pixels (None: all 1, the paper's); the loss is
+            then the weighted mean over the kept pixels. Which pixels are hard does not change.
 
     Returns:
         Scalar loss; 0 (with a graph) when no pixel is labelled.
@@ -83,7 +86,10 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thres
             keep = hard_pixel_mask(probability, valid.flatten(1), threshold, min_kept).view_as(valid)
     else:
         keep = valid
-    return _normalised((per_pixel * keep).sum(), keep.sum().to(per_pixel.dtype), 1.0)
+    if class_weights is None:
+        return _normalised((per_pixel * keep).sum(), keep.sum().to(per_pixel.dtype), 1.0)
+    weights = class_weights.to(per_pixel.device)[target.clamp(0, len(class_weights) - 1)] * keep
+    return _normalised((per_pixel * weights).sum(), weights.sum(), 1e-12)
 
 
 def bootstrapped_box_loss(transforms: torch.Tensor, target_transforms: torch.Tensor, target_boxes: torch.Tensor,
@@ -124,10 +130,12 @@ class SegmentationLoss:
     localization, ``instance`` (N, H, W); returns ``(total, {name: value})``.
     """
 
-    def __init__(self, config: LossConfig, num_classes: int, output_stride: int) -> None:
+    def __init__(self, config: LossConfig, num_classes: int, output_stride: int,
+                 class_weights: torch.Tensor | None = None) -> None:
         self.config = config
         self.num_classes = num_classes
         self.output_stride = output_stride
+        self.class_weights = class_weights  # (C,) for loss.class_weighting, from the training split
 
     def _at_loss_resolution(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.config.resolution == "label":
@@ -145,7 +153,7 @@ class SegmentationLoss:
             logits = self._at_loss_resolution(outputs["semantic"], size)
             parts["semantic"] = bootstrapped_cross_entropy(
                 logits, semantic[:, ::stride, ::stride], cfg.threshold, cfg.min_kept,
-                bootstrap=cfg.bootstrap and step >= cfg.warmup_iterations)
+                bootstrap=cfg.bootstrap and step >= cfg.warmup_iterations, class_weights=self.class_weights)
         if "localization" in outputs:
             targets = box_targets(batch["instance"], semantic, self.num_classes, stride, cfg.instance_weighting)
             transforms = self._at_loss_resolution(outputs["localization"], size)

@@ -96,3 +96,25 @@ def image_candidates(probs: torch.Tensor, stride: int, image_size: tuple[int, in
         in_top = torch.zeros(block.shape, dtype=torch.bool, device=probs.device).scatter_(0, ranked, True)
         out[:, rows] = in_top[1:] & (block[1:] > 0) & (block[1:] >= min_score)
     return out
+
+
+class ImageCandidates:
+    """Candidate pixels of each class and rank at image resolution, computed once when first needed.
+
+    ``candidates(rank, label)`` is (H, W) bool; with no score floor, the top-1 candidates are the
+    class map itself when one is given (the argmax of the upsampled probabilities, or ground truth).
+    """
+
+    def __init__(self, probs: torch.Tensor, stride: int, image_size: tuple[int, int], min_score: float,
+                 class_map: torch.Tensor | None) -> None:
+        self.probs, self.stride, self.image_size, self.min_score = probs, stride, image_size, min_score
+        self.class_map = class_map if min_score == 0 else None  # argmax == top-1 candidates when no floor
+        self._by_rank: dict[int, torch.Tensor] = {}
+
+    def __call__(self, rank: int, label: int) -> torch.Tensor:
+        """(H, W) bool candidates of class ``label`` among the top ``rank``."""
+        if rank == 1 and self.class_map is not None:
+            return self.class_map == label
+        if rank not in self._by_rank:
+            self._by_rank[rank] = image_candidates(self.probs, self.stride, self.image_size, rank, self.min_score)
+        return self._by_rank[rank][label - 1]

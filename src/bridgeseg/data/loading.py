@@ -111,22 +111,28 @@ class StepSampler(Sampler):
         seed: fixes epoch permutations and augmentation.
         start_step, total_steps: the steps to yield.
         rank, world_size: this process's share of each global batch (positions ``rank::world_size``).
+        weights: None (each epoch a permutation of the dataset), or (size,) sampling weights: each
+            epoch draws ``size`` images with replacement in proportion to them (repeat factor
+            sampling, ``data.balance``).
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, start_step: int, total_steps: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, weights: torch.Tensor | None = None) -> None:
         if size == 0:
             raise ValueError("the training split is empty")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start_step, self.total_steps = start_step, total_steps
         self.rank, self.world_size = rank, world_size
+        self.weights = weights
         self._epoch, self._permutation = -1, None
 
     def _index(self, position: int) -> int:
         epoch = position // self.size
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._permutation = epoch, torch.randperm(self.size, generator=generator)
+            order = torch.randperm(self.size, generator=generator) if self.weights is None else \
+                torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+            self._epoch, self._permutation = epoch, order
         return int(self._permutation[position % self.size])
 
     def batch(self, step: int) -> list[tuple[int, int]]:
@@ -142,10 +148,12 @@ class StepSampler(Sampler):
         return max(0, self.total_steps - self.start_step)
 
 
-def training_loader(config: Config, dataset: Dataset, start_step: int, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Batches of augmented crops for steps ``start_step .. train.iterations - 1``."""
+def training_loader(config: Config, dataset: Dataset, start_step: int, rank: int = 0, world_size: int = 1,
+                    weights: torch.Tensor | None = None) -> DataLoader:
+    """Batches of augmented crops for steps ``start_step .. train.iterations - 1``; ``weights``: the
+    images' sampling weights (``StepSampler``), None for plain epochs."""
     sampler = StepSampler(len(dataset), config.train.batch_size, config.train.seed, start_step,
-                          config.train.iterations, rank, world_size)
+                          config.train.iterations, rank, world_size, weights)
     workers = config.data.workers
     # a private generator: creating the loader must not draw from the global RNG (exact resume)
     return DataLoader(TrainingSamples(dataset, config.data, config.train.seed), batch_sampler=sampler,

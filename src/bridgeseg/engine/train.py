@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..checkpoint import rng_state, save_checkpoint
 from ..config import Config, TrainConfig, save_config
+from ..data.balance import class_statistics, median_frequency_weights, repeat_factors
 from ..data.base import SegmentationDataset
 from ..data.loading import BadSampleError, build_dataset, evaluation_loader, training_loader
 from ..files import OutputError, check_output_folder, writing
@@ -133,6 +134,7 @@ class Run:
     step: int = 0
     elapsed_before: float = 0.0  # training seconds of the run before this process resumed it
     saved_step: int | None = None  # the step last.pt holds (None: no checkpoint of this run yet)
+    sample_weights: torch.Tensor | None = None  # repeat factor sampling of the training images (None: epochs)
     config_changes: dict = field(default_factory=dict)  # {"section.key": (old, new)} taken on resume
 
     @property
@@ -196,10 +198,11 @@ def setup(config: Config, out_dir: str | Path, resume: bool = True) -> Run:
     device = distributed.resolve_device(tcfg.device, rank.local_rank)
     model = _build_model(config, train_set.num_classes, rank, device)
     optimizer = build_optimizer(model, tcfg)
+    sample_weights, class_weights = _balance(config, train_set, rank.is_main)
     run = Run(config, out_dir, rank, device, model, model, optimizer,
               torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16"),
-              SegmentationLoss(config.loss, train_set.num_classes, config.model.output_stride), train_set, val_set,
-              config_changes=changes)
+              SegmentationLoss(config.loss, train_set.num_classes, config.model.output_stride, class_weights),
+              train_set, val_set, config_changes=changes, sample_weights=sample_weights)
     if state is not None:
         _resume(run, state)
     if rank.enabled:
@@ -208,6 +211,21 @@ def setup(config: Config, out_dir: str | Path, resume: bool = True) -> Run:
     if tcfg.compile:
         run.network = torch.compile(run.network)
     return run
+
+
+def _balance(config: Config, train_set: SegmentationDataset, progress: bool):
+    """``(image sampling weights or None, class loss weights or None)`` of ``data.repeat_threshold``
+    and ``loss.class_weighting``, from one read of the training split's class maps."""
+    if config.data.repeat_threshold == 0 and config.loss.class_weighting == "none":
+        return None, None
+    statistics = class_statistics(train_set, progress)
+    sample_weights = None
+    if config.data.repeat_threshold > 0:
+        sample_weights = torch.from_numpy(repeat_factors(statistics.presence, config.data.repeat_threshold))
+    class_weights = None
+    if config.loss.class_weighting == "median_frequency":
+        class_weights = torch.from_numpy(median_frequency_weights(statistics.pixels)).float()
+    return sample_weights, class_weights
 
 
 def train_step(run: Run, batch: dict, lr_factor: float) -> tuple[torch.Tensor, dict[str, float]]:
@@ -330,7 +348,7 @@ def _log_step(run: Run, log: MetricsLog, bar: tqdm, loss: torch.Tensor, parts: d
 def _loop(run: Run, log: MetricsLog, progress: bool) -> float:
     """Steps until the iterations or the time limit are used up; returns the training seconds."""
     tcfg = run.config.train
-    loader = training_loader(run.config, run.train_set, start_step=run.step, rank=run.rank.rank,
+    loader = training_loader(run.config, run.train_set, start_step=run.step, weights=run.sample_weights, rank=run.rank.rank,
                              world_size=run.rank.world_size)
     bar = tqdm(total=tcfg.iterations, initial=run.step, desc="training", unit="it",
                disable=not (progress and run.rank.is_main), dynamic_ncols=True)
