@@ -135,6 +135,35 @@ def test_predict_dataset_files_score_like_evaluate(tmp_path, synthetic_root, joi
     from_files = json.loads(instance.read_text())
     for key in ("mAP_r@0.5", "mAP_r@0.7", "mAP_r_vol"):
         assert from_files[key] == pytest.approx(expected["instance"][key], abs=1e-6), key
+    assert_panoptic_files_score_like_evaluate(tmp_path, synthetic_root, joint_checkpoint, expected["panoptic"])
+
+
+def assert_panoptic_files_score_like_evaluate(tmp_path, synthetic_root, checkpoint, expected):
+    """predict-dataset --format coco-panoptic, then score panoptic against the ground truth in the same
+    format, gives evaluate's PQ; --format cityscapes-panoptic is refused for a VOC-layout dataset."""
+    from bridgeseg.data.voc import VOCSegmentation
+    from bridgeseg.outputs import PanopticFiles, panoptic_categories
+    from bridgeseg.panoptic import panoptic_from_labels
+
+    predictions = tmp_path / "panoptic"
+    assert run("predict-dataset", "demo", "--data-root", synthetic_root, "--checkpoint", checkpoint,
+               "--out", predictions, "--format", "coco-panoptic", "--set", "data.workers=0") == 0
+    dataset = VOCSegmentation(synthetic_root, "val", with_instances=True)
+    ids = range(dataset.num_classes)
+    truth = PanopticFiles(tmp_path, "gt", panoptic_categories(dataset.class_names, dataset.thing_classes, ids), ids)
+    for index, name in enumerate(dataset.ids):
+        sample = dataset[index]
+        truth.add(name, f"{name}.png", panoptic_from_labels(sample["semantic"], sample["instance"],
+                                                             dataset.thing_classes, dataset.num_classes))
+    scores = tmp_path / "scores.json"
+    assert run("score", "panoptic", "--gt", truth.write(), "--pred", predictions / "panoptic_val.json",
+               "--json", scores) == 0
+    from_files = json.loads(scores.read_text())
+    for part in ("all", "things", "stuff"):
+        assert from_files[part] == pytest.approx(expected[part], abs=1e-9), part
+    assert from_files["per_class"].keys() == expected["per_class"].keys()
+    assert run("predict-dataset", "demo", "--data-root", synthetic_root, "--checkpoint", checkpoint,
+               "--out", predictions, "--format", "cityscapes-panoptic", "--set", "data.workers=0") == 2
 
 
 def test_evaluate_with_views_and_a_report(tmp_path, synthetic_root, joint_checkpoint, capsys):
@@ -313,34 +342,3 @@ def test_evaluate_reports_pq_and_writes_report_html(tmp_path, synthetic_root, jo
     page = (report / "report.html").read_text()
     assert page.count('"thumb": "thumbs/') == 4 and len(list((report / "thumbs").glob("*.jpg"))) == 4
     assert "training curves" in page and (report / "curves.png").is_file()
-
-
-def test_coco_panoptic_files_score_like_evaluate(tmp_path, synthetic_root, joint_checkpoint):
-    """predict-dataset --format coco-panoptic, then score panoptic against the ground truth in the same
-    format, gives evaluate's PQ."""
-    from bridgeseg.data.voc import VOCSegmentation
-    from bridgeseg.outputs import PanopticFiles, panoptic_categories
-    from bridgeseg.panoptic import panoptic_from_labels
-
-    direct = tmp_path / "direct.json"
-    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", joint_checkpoint,
-               "--json", direct, "--set", "data.workers=0") == 0
-    predictions = tmp_path / "pred"
-    assert run("predict-dataset", "demo", "--data-root", synthetic_root, "--checkpoint", joint_checkpoint,
-               "--out", predictions, "--format", "coco-panoptic", "--set", "data.workers=0") == 0
-    dataset = VOCSegmentation(synthetic_root, "val", with_instances=True)
-    ids = range(dataset.num_classes)
-    truth = PanopticFiles(tmp_path, "gt", panoptic_categories(dataset.class_names, dataset.thing_classes, ids), ids)
-    for index, name in enumerate(dataset.ids):
-        sample = dataset[index]
-        truth.add(name, f"{name}.png", panoptic_from_labels(sample["semantic"], sample["instance"],
-                                                             dataset.thing_classes, dataset.num_classes))
-    scores = tmp_path / "scores.json"
-    assert run("score", "panoptic", "--gt", truth.write(), "--pred", predictions / "panoptic_val.json",
-               "--json", scores) == 0
-    expected, from_files = json.loads(direct.read_text())["panoptic"], json.loads(scores.read_text())
-    for part in ("all", "things", "stuff"):
-        assert from_files[part] == pytest.approx(expected[part], abs=1e-9), part
-    assert from_files["per_class"].keys() == expected["per_class"].keys()
-    assert run("predict-dataset", "demo", "--data-root", synthetic_root, "--checkpoint", joint_checkpoint,
-               "--out", predictions, "--format", "cityscapes-panoptic", "--set", "data.workers=0") == 2

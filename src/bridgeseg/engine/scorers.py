@@ -18,12 +18,30 @@ import torch
 from ..data.cityscapes import train_ids_to_label_ids
 from ..data.instances import instances_from_maps
 from ..evaluation.cityscapes_instance import CityscapesInstanceEvaluator
-from ..evaluation.instance import InstanceEvaluator, image_average_precision
+from ..evaluation.instance import InstanceEvaluator, average_precision
 from ..evaluation.panoptic import PanopticEvaluator, image_pq
 from ..evaluation.semantic import SemanticEvaluator, metrics_from_confusion
 from ..grouping import Instances
 from ..panoptic import panoptic_from_labels, panoptic_from_prediction
 from ..tta import ImageMaps
+
+
+def image_average_precision(tp: np.ndarray, scores: np.ndarray, labels: np.ndarray, gt_labels: np.ndarray,
+                            method: str = "area") -> float | None:
+    """One image's mean AP over the classes of its ground-truth instances (the gallery's per-image AP).
+
+    Args:
+        tp: (P,) true-positive flags at one threshold; scores, labels: (P,); gt_labels: (G,).
+
+    Returns:
+        The mean AP, or None when the image has no ground-truth instance.
+    """
+    classes, counts = np.unique(np.asarray(gt_labels).reshape(-1), return_counts=True)
+    if not classes.size:
+        return None
+    labels = np.asarray(labels).reshape(-1)
+    return float(np.mean([average_precision(tp[labels == c], np.asarray(scores)[labels == c], int(n), method)
+                          for c, n in zip(classes, counts)]))
 
 
 @dataclass

@@ -103,24 +103,6 @@ def _eleven_point(recall: np.ndarray, precision: np.ndarray) -> float:
     return total / 11.0
 
 
-def image_average_precision(tp: np.ndarray, scores: np.ndarray, labels: np.ndarray, gt_labels: np.ndarray,
-                            method: str = "area") -> float | None:
-    """One image's mean AP over the classes of its ground-truth instances (the gallery's per-image AP).
-
-    Args:
-        tp: (P,) true-positive flags at one threshold; scores, labels: (P,); gt_labels: (G,).
-
-    Returns:
-        The mean AP, or None when the image has no ground-truth instance.
-    """
-    classes, counts = np.unique(np.asarray(gt_labels).reshape(-1), return_counts=True)
-    if not classes.size:
-        return None
-    labels = np.asarray(labels).reshape(-1)
-    return float(np.mean([average_precision(tp[labels == c], np.asarray(scores)[labels == c], int(n), method)
-                          for c, n in zip(classes, counts)]))
-
-
 def _match_sds(ious: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
     """SDS greedy matching: best among uncovered instances, TP if overlap > threshold.
 
