@@ -102,3 +102,20 @@ def test_score_instance_cityscapes_protocol_on_the_real_small_frame(tmp_path, ca
     assert json.loads(out.read_text())["AP"] == 1.0
     assert main(["score", "instance", "--gt", str(root), "--gt-format", "voc", "--pred", str(tmp_path),
                  "--protocol", "cityscapes"]) == 2
+
+
+def test_evaluate_on_cityscapes_reports_the_official_ap_and_pq(tmp_path):
+    """`evaluate --oracle both` on the real small frame: the ground-truth instances come back, so the
+    official AP, mAP^r and (with every segment kept) PQ are 1. (The grouping groups stuff classes too:
+    with its default 100 instances the frame's stuff clusters take every place, hence the larger bound.)"""
+    from bridgeseg.config import load_config, resolve_config_path
+    from bridgeseg.engine.evaluate import evaluate_config
+
+    settings = ["data.dataset=cityscapes", f"data.root={shared_fixture('cityscapes_small')}", "data.workers=0",
+                "instance.max_instances=1000", "eval.panoptic_min_area=1"]
+    results, _ = evaluate_config(load_config(resolve_config_path("demo"), settings), None, oracle="both",
+                                 device="cpu", progress=False, report=tmp_path)
+    assert results["cityscapes"]["AP"] == 1.0 and results["cityscapes"]["per_class"]["car"]["AP50"] == 1.0
+    assert results["instance"]["mAP_r@0.5"] == 1.0
+    assert results["panoptic"]["all"]["pq"] == 1.0 and results["panoptic"]["things"]["n"] == 2
+    assert (tmp_path / "report.html").is_file()
