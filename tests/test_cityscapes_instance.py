@@ -68,6 +68,17 @@ def test_duplicates_and_shifts_follow_the_thresholds():
     assert wrong_class["per_class"]["car"]["AP"] == 0.0 and wrong_class["per_class"]["person"] is None
 
 
+def test_statistics_of_two_ranks_merge_into_those_of_one():
+    images = [([box(10, 10, 20, 20), box(10, 14, 20, 20)], [CAR, CAR], [0.6, 0.8]),
+              ([box(10, 12, 20, 20), box(48, 30, 10, 10)], [CAR, CAR], [0.7, 0.9])]
+    alone, first, second = CityscapesInstanceEvaluator(), CityscapesInstanceEvaluator(), CityscapesInstanceEvaluator()
+    for evaluator, part in ((first, images[:1]), (second, images[1:]), (alone, images)):
+        for masks, label_ids, scores in part:
+            evaluator.process(np.stack(masks), label_ids, scores, frame())
+    first.merge(second.state_dict())
+    assert first.evaluate() == alone.evaluate() and 0 < alone.evaluate()["AP"] < 1
+
+
 def test_average_precision_by_hand():
     # two true (0.9, 0.6), one false (0.8), one miss: points (p, r) = (2/3, 2/3) at >= 0.6, (1/2, 1/3) at
     # >= 0.8, (1, 1/3) at >= 0.9, then (1, 0); widths (r_prev - r_next) / 2
