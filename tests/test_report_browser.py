@@ -80,6 +80,8 @@ def test_report_in_chromium_rows_order_images_filter(tmp_path, browser):
     browser.find_element("css selector", "th[data-key='ap']").click()
     descending = [value for value in column(rows_shown(browser), 4) if value is not None]
     assert descending == sorted(defined, reverse=True)
+    browser.find_element("css selector", "th[data-key='name']").click()
+    assert [row[1] for row in rows_shown(browser)] == sorted(row["name"] for row in gallery.rows)
     browser.find_element("css selector", "#class-filter option[value='2']").click()
     squares = sum(2 in row["classes"] for row in gallery.rows)
     assert len(rows_shown(browser)) == squares < 12

@@ -4,8 +4,8 @@
 ``$figures`` (HTML), ``$count`` and ``$data`` (the gallery as JSON: ``settings`` and ``rows``).
 
 The script shows ``settings.pageSize`` rows of the gallery at a time (thumbnails load lazily),
-sorted by ``settings.sortKey`` ascending, worst first; clicking a column header sorts by it
-(again: the other way), rows without a value always last; the class filter keeps the rows whose
+sorted by ``settings.sortKey`` ascending, worst first; clicking a column header (the image name
+or a number) sorts by it (again: the other way), rows without a value always last; the class filter keeps the rows whose
 class maps show that class. The table's ``data-sort`` / ``data-order`` attributes and
 ``#page-info`` say what is shown.
 """
@@ -91,12 +91,15 @@ _SCRIPT = r"""
   settings.columns.forEach(function (column) {
     var th = document.createElement("th");
     th.setAttribute("data-key", column.key); th.setAttribute("data-title", column.title);
+    headRow.appendChild(th);
+  });
+  table.querySelectorAll("th[data-key]").forEach(function (th) {
     th.addEventListener("click", function () {
-      if (state.key === column.key) { state.ascending = !state.ascending; }
-      else { state.key = column.key; state.ascending = true; }
+      var key = th.getAttribute("data-key");
+      if (state.key === key) { state.ascending = !state.ascending; }
+      else { state.key = key; state.ascending = true; }
       state.page = 0; render();
     });
-    headRow.appendChild(th);
   });
   var panels = document.getElementById("panel-titles");
   settings.panels.forEach(function (title) {
@@ -139,7 +142,8 @@ $figures
 <button id="previous-page">previous</button><span id="page-info"></span><button id="next-page">next</button>
 </div>
 <table id="gallery">
-<thead><tr><th>#</th><th>image</th><th><div class="panels" id="panel-titles"></div></th></tr></thead>
+<thead><tr><th>#</th><th data-key="name" data-title="image">image</th>
+<th><div class="panels" id="panel-titles"></div></th></tr></thead>
 <tbody></tbody>
 </table>
 <script type="application/json" id="gallery-data">$data</script>
