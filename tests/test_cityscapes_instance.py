@@ -120,12 +120,15 @@ def test_evaluate_on_cityscapes_reports_the_official_ap_and_pq(tmp_path):
     official AP, mAP^r and (with every segment kept) PQ are 1. (The grouping groups stuff classes too:
     with its default 100 instances the frame's stuff clusters take every place, hence the larger bound.)"""
     from bridgeseg.config import load_config, resolve_config_path
-    from bridgeseg.engine.evaluate import evaluate_config
+    from bridgeseg.engine.evaluate import evaluate_config, write_reports
+    from bridgeseg.html_report import Gallery
 
     settings = ["data.dataset=cityscapes", f"data.root={shared_fixture('cityscapes_small')}", "data.workers=0",
                 "instance.max_instances=1000", "eval.panoptic_min_area=1"]
-    results, _ = evaluate_config(load_config(resolve_config_path("demo"), settings), None, oracle="both",
-                                 device="cpu", progress=False, report=tmp_path)
+    gallery = Gallery(tmp_path)
+    results, names = evaluate_config(load_config(resolve_config_path("demo"), settings), None, oracle="both",
+                                     device="cpu", progress=False, gallery=gallery)
+    write_reports(results, names, tmp_path, gallery.rows, "oracle")
     assert results["cityscapes"]["AP"] == 1.0 and results["cityscapes"]["per_class"]["car"]["AP50"] == 1.0
     assert results["instance"]["mAP_r@0.5"] == 1.0
     assert results["panoptic"]["all"]["pq"] == 1.0 and results["panoptic"]["things"]["n"] == 2

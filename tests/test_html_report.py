@@ -16,7 +16,7 @@ NAMES = ("background", "circle", "square")
 def gallery_rows(out_dir, count: int, seed: int = 0) -> Gallery:
     """``count`` random 64 x 80 block images with random numbers (some undefined) in a gallery."""
     rng = np.random.default_rng(seed)
-    gallery = Gallery(out_dir, NAMES)
+    gallery = Gallery(out_dir)
     for index in range(count):
         image = rng.integers(0, 255, (8, 10, 3), dtype=np.uint8).repeat(8, axis=0).repeat(8, axis=1)  # blocks
         truth = np.zeros((64, 80), np.int64)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .data.io import VOID
+from .files import write_text, writing
 from .html_page import PAGE_TEMPLATE
 from .report import class_table, headline, percent
 from .visualize import instance_map_overlay, semantic_overlay
@@ -88,7 +89,8 @@ class Gallery:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
-        (self.out_dir / "thumbs").mkdir(parents=True, exist_ok=True)
+        with writing(self.out_dir / "thumbs"):
+            (self.out_dir / "thumbs").mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
 
     def add(self, name: str, image: np.ndarray, true_classes: np.ndarray, predicted_classes: np.ndarray,
@@ -100,7 +102,8 @@ class Gallery:
         found_masks = np.zeros((0, *true_classes.shape), bool) if found_masks is None else found_masks
         relative = f"thumbs/{len(self.rows):05d}.jpg"
         strip = thumbnail_strip(image, true_classes, predicted_classes, true_instances, found_masks)
-        strip.save(self.out_dir / relative, quality=85)
+        with writing(self.out_dir / relative):
+            strip.save(self.out_dir / relative, quality=85)
         present = np.union1d(np.unique(true_classes), np.unique(predicted_classes))
         classes = [int(c) for c in present if 0 <= c < VOID]
         self.rows.append({"name": str(name), "thumb": relative, "width": strip.width, "height": strip.height,
@@ -148,6 +151,4 @@ def write_html_report(out_dir: str | Path, results: dict, class_names: tuple[str
     page = PAGE_TEMPLATE.substitute(title=html.escape(title), summary=_summary_html(results),
                                 classes=_class_table_html(results, class_names), figures=figures,
                                 count=len(rows), data=data)
-    path = out_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_text(out_dir / "report.html", page)

@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .data.cityscapes import train_ids_to_label_ids
 from .data.io import voc_palette, write_label
+from .files import write_text, writing
 from .panoptic import Panoptic, ids_to_rgb, rgb_to_ids, segment_boxes
 from .visualize import instance_colors, legend, mask_outline, semantic_overlay, stack_vertically
 
@@ -323,7 +324,8 @@ class PanopticFiles:
     def __init__(self, out_dir: str | Path, name: str, categories: list[dict], category_ids) -> None:
         self.json_path = Path(out_dir) / f"{name}.json"
         self.folder = Path(out_dir) / name
-        self.folder.mkdir(parents=True, exist_ok=True)
+        with writing(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.categories = categories
         self.category_ids = np.asarray(category_ids, dtype=np.int64)
         self.annotations: list[dict] = []
@@ -331,7 +333,8 @@ class PanopticFiles:
 
     def add(self, image_id: str, file_name: str, panoptic: Panoptic) -> None:
         """Write one image's PNG and remember its segments."""
-        Image.fromarray(ids_to_rgb(panoptic.ids)).save(self.folder / file_name)
+        with writing(self.folder / file_name):
+            Image.fromarray(ids_to_rgb(panoptic.ids)).save(self.folder / file_name)
         boxes, areas = segment_boxes(panoptic), panoptic.areas()
         segments = [{"id": int(segment), "category_id": int(self.category_ids[category]), "area": int(area),
                      "bbox": [int(v) for v in box], "iscrowd": int(crowd)}
@@ -343,9 +346,8 @@ class PanopticFiles:
 
     def write(self) -> Path:
         """Write ``NAME.json``; returns its path."""
-        self.json_path.write_text(json.dumps({"images": self.images, "annotations": self.annotations,
-                                              "categories": self.categories}))
-        return self.json_path
+        return write_text(self.json_path, json.dumps({"images": self.images, "annotations": self.annotations,
+                                                      "categories": self.categories}))
 
 
 def read_panoptic_files(json_path: str | Path, folder: str | Path | None = None):
