@@ -25,7 +25,7 @@ table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #e4e4e4; padding: 2px 8px; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
+figure img { max-width: 100%; max-height: 300px; border: 1px solid #ddd; }
 #gallery th[data-key] { cursor: pointer; user-select: none; }
 #gallery th[data-key]:hover { background: #f0f0f0; }
 #gallery td.pictures img { display: block; }
