@@ -16,15 +16,19 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/bridgeseg demo --out demo-output
+	@echo "open demo-output/report.html in a browser: every validation image, worst first"
 
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
-# the official Cityscapes evaluator, for the cross-check (--no-deps: its metadata pulls the
-# obsolete `typing` backport; the evaluator itself needs only pyquaternion besides our deps)
+# the official Cityscapes evaluators, for the cross-checks (--no-deps: its metadata pulls the
+# obsolete `typing` backport; the evaluators themselves need only pyquaternion besides our deps),
+# and selenium for the report's browser test (Chromium itself: apt-get install chromium chromium-driver;
+# the browser test skips without it)
 test-slow: $(STAMP)
 	$(BIN)/python -m pip install --no-deps 'cityscapesscripts>=2.2' pyquaternion
+	$(BIN)/python -m pip install 'selenium>=4.10'
 	$(BIN)/python -m pytest -m slow
 
 benchmarks: $(STAMP)

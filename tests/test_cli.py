@@ -135,6 +135,35 @@ def test_predict_dataset_files_score_like_evaluate(tmp_path, synthetic_root, joi
     from_files = json.loads(instance.read_text())
     for key in ("mAP_r@0.5", "mAP_r@0.7", "mAP_r_vol"):
         assert from_files[key] == pytest.approx(expected["instance"][key], abs=1e-6), key
+    assert_panoptic_files_score_like_evaluate(tmp_path, synthetic_root, joint_checkpoint, expected["panoptic"])
+
+
+def assert_panoptic_files_score_like_evaluate(tmp_path, synthetic_root, checkpoint, expected):
+    """predict-dataset --format coco-panoptic, then score panoptic against the ground truth in the same
+    format, gives evaluate's PQ; --format cityscapes-panoptic is refused for a VOC-layout dataset."""
+    from bridgeseg.data.voc import VOCSegmentation
+    from bridgeseg.outputs import PanopticFiles, panoptic_categories
+    from bridgeseg.panoptic import panoptic_from_labels
+
+    predictions = tmp_path / "panoptic"
+    assert run("predict-dataset", "demo", "--data-root", synthetic_root, "--checkpoint", checkpoint,
+               "--out", predictions, "--format", "coco-panoptic", "--set", "data.workers=0") == 0
+    dataset = VOCSegmentation(synthetic_root, "val", with_instances=True)
+    ids = range(dataset.num_classes)
+    truth = PanopticFiles(tmp_path, "gt", panoptic_categories(dataset.class_names, dataset.thing_classes, ids), ids)
+    for index, name in enumerate(dataset.ids):
+        sample = dataset[index]
+        truth.add(name, f"{name}.png", panoptic_from_labels(sample["semantic"], sample["instance"],
+                                                             dataset.thing_classes, dataset.num_classes))
+    scores = tmp_path / "scores.json"
+    assert run("score", "panoptic", "--gt", truth.write(), "--pred", predictions / "panoptic_val.json",
+               "--json", scores) == 0
+    from_files = json.loads(scores.read_text())
+    for part in ("all", "things", "stuff"):
+        assert from_files[part] == pytest.approx(expected[part], abs=1e-9), part
+    assert from_files["per_class"].keys() == expected["per_class"].keys()
+    assert run("predict-dataset", "demo", "--data-root", synthetic_root, "--checkpoint", checkpoint,
+               "--out", predictions, "--format", "cityscapes-panoptic", "--set", "data.workers=0") == 2
 
 
 def test_evaluate_with_views_and_a_report(tmp_path, synthetic_root, joint_checkpoint, capsys):
@@ -194,9 +223,11 @@ def test_demo_through_the_cli_writes_everything_and_says_when_it_ran_short(tmp_p
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["semantic"]["num_images"] == 3 and metrics["instance"]["num_images"] == 3
-    for name in ("report.md", "overlays.png", "class_scores.png", "run/curves.png", "run/final.pt", "data/synthetic.json"):
+    for name in ("report.html", "report.md", "overlays.png", "class_scores.png", "run/curves.png", "run/final.pt",
+                 "data/synthetic.json"):
         assert (out / name).is_file(), name
     assert f"{100 * metrics['semantic']['mean_iou']:.1f}" in printed
+    assert metrics["panoptic"]["num_images"] == 3 and "PQ" in printed and str(out / "report.html") in printed
     assert "bridgeseg demo --minutes" in printed  # the slow-machine note
 
 
@@ -290,9 +321,24 @@ def test_networks_trained_apart_combine_at_test_time(tmp_path, synthetic_root, c
     metrics = tmp_path / "combined.json"
     assert run("evaluate", "demo", "--data-root", synthetic_root, *both, "--json", metrics,
                "--set", "data.workers=0") == 0
-    assert set(json.loads(metrics.read_text())) == {"semantic", "instance"}
+    assert set(json.loads(metrics.read_text())) == {"semantic", "instance", "panoptic"}
     image_path = sorted((synthetic_root / "JPEGImages").glob("val_*.jpg"))[0]
     assert run("predict", *both, image_path, "--out", tmp_path / "pred") == 0
     assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", checkpoints[0],
                "--checkpoint", checkpoints[0]) == 2
     assert "cannot be combined: both produce ['semantic']" in capsys.readouterr().err
+
+
+def test_evaluate_reports_pq_and_writes_report_html(tmp_path, synthetic_root, joint_checkpoint, capsys):
+    """evaluate prints PQ beside mean IoU and mAP^r; --report writes report.html with a row and a thumbnail
+    per image, and the training curves of the checkpoint's run."""
+    report = tmp_path / "report"
+    assert run("evaluate", "demo", "--data-root", synthetic_root, "--checkpoint", joint_checkpoint,
+               "--report", report, "--set", "data.workers=0") == 0
+    printed = capsys.readouterr().out
+    assert "PQ" in printed and "mean IoU" in printed and "mAP^r@0.5" in printed
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics) == {"semantic", "instance", "panoptic"} and metrics["panoptic"]["num_images"] == 4
+    page = (report / "report.html").read_text()
+    assert page.count('"thumb": "thumbs/') == 4 and len(list((report / "thumbs").glob("*.jpg"))) == 4
+    assert "training curves" in page and (report / "curves.png").is_file()

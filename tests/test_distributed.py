@@ -100,7 +100,8 @@ def _evaluate(root: str, shard=(0, 1)) -> dict:
     model = make_model(dataset.num_classes).eval()
     loader = evaluation_loader(config.data, dataset, workers=0, shard=shard)
     predictor = Predictor(model, dataset.class_names, config, "cpu")
-    return evaluate_model(predictor, loader, dataset.class_names, InstanceConfig(), progress=False)
+    return evaluate_model(predictor, loader, dataset.class_names, InstanceConfig(), progress=False,
+                          thing_classes=dataset.thing_classes)  # with PQ: its statistics are summed too
 
 
 def test_distributed_evaluation_equals_one_process(tmp_path, synthetic_root):

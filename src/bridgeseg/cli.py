@@ -9,8 +9,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config, resolve_config_path
 from .data.registry import DATASETS
-from .evaluation.instance import PROTOCOLS
-from .evaluation.instance_files import GT_FORMATS
+from .evaluation.instance_files import GT_FORMATS, SCORE_PROTOCOLS
 from .files import OutputError, check_output_file, check_output_folder, write_text, writing
 from .oracle import ORACLES
 from .outputs import FORMATS
@@ -76,18 +75,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .engine.evaluate import evaluate_config
-    from .report import metrics_table, write_evaluation_report
+    from .engine.evaluate import evaluate_config, write_reports
+    from .html_report import Gallery
+    from .report import metrics_table
 
     config = _load(args)
-    results, class_names = evaluate_config(config, args.checkpoint, oracle=args.oracle, device=args.device)
+    gallery = Gallery(args.report) if args.report else None
+    results, class_names = evaluate_config(config, args.checkpoint, oracle=args.oracle, device=args.device,
+                                           gallery=gallery)
     print(metrics_table(results, class_names))
     _write_json(results, args.json)
     if args.report:
         with writing(f"the report in {args.report}", kept=METRICS_KEPT):
-            path = write_evaluation_report(results, class_names, args.report,
-                                           title=f"Evaluation of {' + '.join(args.checkpoint or []) or 'oracle ' + args.oracle}")
-        print(f"wrote {path} and {Path(args.report) / 'class_scores.png'}")
+            path = write_reports(results, class_names, args.report, gallery.rows,
+                                 f"Evaluation of {' + '.join(args.checkpoint or []) or 'oracle ' + args.oracle}",
+                                 checkpoint=(args.checkpoint or [None])[0])
+        print(f"wrote the report {path} (and report.md, metrics.json, class_scores.png)")
     return 0
 
 
@@ -144,7 +147,17 @@ def cmd_score_instance(args: argparse.Namespace) -> int:
     from .report import metrics_table
 
     results = score_instance_folders(args.gt, args.gt_format, args.pred, args.protocol, args.split, progress=True)
-    print(metrics_table({"instance": results}))
+    print(metrics_table({"cityscapes" if args.protocol == "cityscapes" else "instance": results}))
+    _write_json(results, args.json)
+    return 0
+
+
+def cmd_score_panoptic(args: argparse.Namespace) -> int:
+    from .evaluation.panoptic import score_panoptic_files
+    from .report import metrics_table
+
+    results = score_panoptic_files(args.gt, args.pred, args.gt_folder, args.pred_folder, progress=True)
+    print(metrics_table({"panoptic": results}))
     _write_json(results, args.json)
     return 0
 
@@ -234,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace score maps / transform maps / both by ground truth")
     view_arguments(sub)
     sub.add_argument("--json", help="write the metrics to this JSON file")
-    sub.add_argument("--report", help="write a Markdown report with a per-class IoU chart into this folder")
+    sub.add_argument("--report", help="write report.html (metrics, per-class table and chart, a gallery of every "
+                                      "image) and report.md into this folder")
     sub.set_defaults(handler=cmd_evaluate)
 
     sub = commands.add_parser("predict", help="predict image files: class PNG, instance PNG, JSON, overlay per image")
@@ -249,14 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     view_arguments(sub)
     sub.set_defaults(handler=cmd_predict)
 
-    sub = commands.add_parser("predict-dataset", help="predict a dataset split into voc, cityscapes or coco files")
+    sub = commands.add_parser("predict-dataset", help="predict a dataset split into files other tools read")
     config_arguments(sub)
     sub.add_argument("--checkpoint", required=True, action="append", metavar="CKPT",
                      help="a training checkpoint; given twice, a semantic and a localization one trained apart")
     sub.add_argument("--out", required=True, help="output folder")
     sub.add_argument("--format", required=True, choices=FORMATS,
                      help="voc: class PNGs + instance .txt; cityscapes: labelIds PNGs + instance .txt; "
-                          "coco: results.json")
+                          "coco: results.json; cityscapes-panoptic / coco-panoptic: panoptic PNGs + JSON")
     sub.add_argument("--split", help="split to predict (default: eval.split, else the validation split)")
     view_arguments(sub)
     sub.set_defaults(handler=cmd_predict_dataset)
@@ -288,11 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--gt", required=True, help="dataset root (voc, sbd) or a folder of Cityscapes instanceIds PNGs")
     sub.add_argument("--gt-format", required=True, choices=GT_FORMATS)
     sub.add_argument("--pred", required=True, help="folder of <image stem>.txt files (mask path, class id, score)")
-    sub.add_argument("--protocol", default="sds", choices=PROTOCOLS,
-                     help="sds: Hariharan et al. (default); mnc: the MNC/FCIS evaluation code's variant")
+    sub.add_argument("--protocol", default="sds", choices=SCORE_PROTOCOLS,
+                     help="sds: mAP^r of Hariharan et al. (default); mnc: the MNC/FCIS evaluation code's variant; "
+                          "cityscapes: the official Cityscapes AP and AP50 (with --gt-format cityscapes)")
     sub.add_argument("--split", help="a list of image ids to score (default: every ground-truth image)")
     sub.add_argument("--json", help="write the metrics to this JSON file")
     sub.set_defaults(handler=cmd_score_instance)
+
+    sub = kinds.add_parser("panoptic", help="panoptic PNG + JSON files vs ground truth in the same format (PQ)")
+    sub.add_argument("--gt", required=True, help="ground-truth panoptic JSON, e.g. gtFine/cityscapes_panoptic_val.json")
+    sub.add_argument("--pred", required=True, help="predicted panoptic JSON (predict-dataset --format "
+                                                   "cityscapes-panoptic or coco-panoptic)")
+    sub.add_argument("--gt-folder", help="folder of the ground-truth PNGs (default: the JSON's path without .json)")
+    sub.add_argument("--pred-folder", help="folder of the predicted PNGs (default: the JSON's path without .json)")
+    sub.add_argument("--json", help="write the metrics to this JSON file")
+    sub.set_defaults(handler=cmd_score_panoptic)
 
     sub = commands.add_parser("demo", help="generate the synthetic dataset, train, evaluate, draw overlays")
     sub.add_argument("--out", default="demo-output", help="output folder (default demo-output)")

@@ -29,6 +29,7 @@ from .grouping import InstanceConfig
 from .models.backbone import DEPTHS, OUTPUT_STRIDES
 from .models.fcrn import ARCHITECTURES
 from .models.heads import HEAD_TYPES, KERNELS
+from .panoptic import DEFAULT_MIN_AREA
 from .settings import ConfigError, check_section, coerce, setting
 from .targets import INSTANCE_WEIGHTINGS
 
@@ -199,7 +200,9 @@ class EvalConfig:
     probabilities (and transforms) over ``scales`` and, with ``flip``, their mirror images.
     ``tile_size`` > 0 predicts large images in overlapping tiles of that size (``tile_overlap`` the
     overlapping fraction). ``protocol``: how found instances are matched to the ground truth
-    (``sds``: Hariharan et al., the paper's; ``mnc``: the MNC/FCIS evaluation code's)."""
+    (``sds``: Hariharan et al., the paper's; ``mnc``: the MNC/FCIS evaluation code's).
+    ``panoptic_min_area``: the smallest segment, in pixels, of a predicted panoptic map (the rule
+    is in ``bridgeseg.panoptic``)."""
 
     split: str = setting("")
     max_images: int = setting(0, minimum=0)
@@ -209,6 +212,7 @@ class EvalConfig:
     tile_size: int = setting(0, minimum=0)
     tile_overlap: float = setting(0.33, minimum=0.0, maximum=0.9)
     protocol: str = setting("sds", choices=PROTOCOLS)
+    panoptic_min_area: int = setting(DEFAULT_MIN_AREA, minimum=1)
 
     def __post_init__(self) -> None:
         check_section(self, "eval")

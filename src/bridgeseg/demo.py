@@ -1,27 +1,29 @@
 """``bridgeseg demo``: the whole method on the embedded synthetic dataset, on a CPU, in minutes.
 
 Generates the dataset (VOC layout) under ``OUT/data``, trains the shipped config
-``configs/demo.yaml`` on it into ``OUT/run`` within a time budget, evaluates the validation split,
-and writes ``OUT/metrics.json``, overlay pictures under ``OUT/overlays/``, ``OUT/report.md``.
+``configs/demo.yaml`` on it into ``OUT/run`` within a time budget, evaluates the validation split
+(mean IoU, mAP^r, PQ) with a gallery of every image, and writes ``OUT/report.html`` (the page to
+look at), ``OUT/metrics.json``, overlay pictures under ``OUT/overlays/`` and ``OUT/report.md``.
 Nothing here is special to the demo: ``bridgeseg train configs/demo.yaml --data-root DIR`` runs
-the same recipe on any dataset in the VOC layout.
+the same recipe on any dataset in the VOC layout, and ``bridgeseg evaluate ... --report DIR``
+writes the same report.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .config import load_config, packaged_config_dir
-from .data.loading import build_dataset
+from .data.loading import build_dataset, evaluation_loader
 from .data.synthetic import TRAIN_IMAGES, VAL_IMAGES, generate_dataset, is_generated
 from .distributed import resolve_device
+from .engine.evaluate import evaluate_model, write_reports
 from .engine.train import train
+from .html_report import Gallery
 from .predictor import Predictor
 from .report import markdown_metrics, metrics_table
 from .visualize import colorize, instance_map_overlay, instance_overlay, panel, semantic_overlay, stack_vertically
@@ -58,6 +60,17 @@ def draw_overlays(predictor: Predictor, config, out_dir: Path, count: int = OVER
     return paths
 
 
+def evaluate_for_report(predictor: Predictor, config, out_dir: Path, progress: bool) -> tuple[dict, Gallery]:
+    """The validation split through ``evaluate_model`` with every metric and a gallery in ``out_dir``."""
+    dataset = build_dataset(config.data, config.data.validation_split, with_instances=True)
+    gallery = Gallery(out_dir)
+    metrics = evaluate_model(predictor, evaluation_loader(config.data, dataset), predictor.class_names,
+                             predictor.instance_config, config.eval.protocol, progress=progress,
+                             thing_classes=dataset.thing_classes, panoptic_min_area=config.eval.panoptic_min_area,
+                             gallery=gallery)
+    return metrics, gallery
+
+
 def run_demo(out_dir: str | Path = "demo-output", minutes: float = MINUTES, num_train: int = TRAIN_IMAGES,
              num_val: int = VAL_IMAGES, progress: bool = True) -> dict:
     """Run the demo; returns the metrics dict written to ``OUT/metrics.json``."""
@@ -77,23 +90,24 @@ def run_demo(out_dir: str | Path = "demo-output", minutes: float = MINUTES, num_
     print(f"[2/4] training {config_path.name} ({config.model.arch}, ResNet-{config.model.depth}, "
           f"OS {config.model.output_stride}) for at most {minutes:g} min into {run_dir}")
     result = train(config, run_dir, resume=False, progress=progress)
-    metrics = result.metrics
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    print("[3/4] drawing overlays of validation images")
+    print("[3/4] evaluating the validation split for the report (mean IoU, mAP^r, PQ, every image)")
     predictor = Predictor.from_checkpoint(result.checkpoint, device=resolve_device(config.train.device))
     class_names = predictor.class_names
+    metrics, gallery = evaluate_for_report(predictor, config, out_dir, progress)
     overlays = draw_overlays(predictor, config, out_dir / "overlays")
 
     print("[4/4] writing the report")
+    page = write_reports(metrics, class_names, out_dir, gallery.rows,
+                         f"bridgeseg demo: {result.steps} training steps, {len(gallery.rows)} validation images",
+                         curves=run_dir / "curves.png")
     report = out_dir / "report.md"
-    shutil.copyfile(run_dir / "class_scores.png", out_dir / "class_scores.png")  # drawn by train()
     report.write_text(demo_report(metrics, class_names, result, overlays, out_dir))
     seconds = time.perf_counter() - started
     print()
     print(metrics_table(metrics, class_names))
     print(f"\ndemo finished in {seconds / 60:.1f} min ({result.steps} training steps in "
-          f"{result.seconds / 60:.1f} min). Look at:")
+          f"{result.seconds / 60:.1f} min). Open the report in a browser:\n  {page}\nand look at:")
     for path in (out_dir / "overlays.png", out_dir / "class_scores.png", run_dir / "curves.png", report,
                  out_dir / "metrics.json"):
         print(f"  {path}")
@@ -121,7 +135,8 @@ def demo_report(metrics: dict, class_names: tuple[str, ...], result, overlays: l
     lines = [
         "# bridgeseg demo report", "",
         f"Trained `configs/demo.yaml` for {result.steps} steps ({result.seconds / 60:.1f} min) on the synthetic "
-        f"shapes dataset; evaluated on its {metrics['semantic']['num_images']} validation images.", "",
+        f"shapes dataset; evaluated on its {metrics['semantic']['num_images']} validation images. Every one of "
+        "them, worst first, is in the browsable [report.html](report.html).", "",
         markdown_metrics(metrics, class_names), "",
         "![per-class scores](class_scores.png)", "",
         "## Training curves", "", "![curves](run/curves.png)", "",

@@ -6,7 +6,13 @@
   ``<stem>_overlay.png``.
 * Per dataset (``bridgeseg predict-dataset``, ``FORMATS``): ``voc`` (``OUT/<id>.png`` + instance
   ``.txt`` files), ``cityscapes`` (label-id PNGs + ``.txt``, the official evaluators' inputs),
-  ``coco`` (``results.json`` with compressed RLE masks, for pycocotools).
+  ``coco`` (``results.json`` with compressed RLE masks, for pycocotools), and the two panoptic
+  layouts ``cityscapes-panoptic`` / ``coco-panoptic`` (``PanopticFiles``).
+* Panoptic files (COCO's panoptic format, which Cityscapes' ``gtFine_panoptic`` files follow):
+  ``NAME.json`` (``annotations``: per image ``image_id``, ``file_name`` and ``segments_info``, each
+  segment ``id``, ``category_id``, ``area``, ``bbox`` [x, y, w, h], ``iscrowd``; ``categories``
+  with ``isthing``; ``images``) and ``NAME/<file_name>`` RGB PNGs with segment id = R + 256 G +
+  256^2 B (0 = void). ``read_panoptic_files`` reads such a pair back.
 * Instance ``.txt`` files use the Cityscapes results convention: one ``<image stem>.txt`` per image,
   one line per instance, ``<mask png path relative to the txt> <class id> <score>``; a mask is the
   non-zero pixels of its PNG. An image with no instance has an empty ``.txt``.
@@ -27,10 +33,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .data.cityscapes import train_ids_to_label_ids
-from .data.io import write_label
+from .data.io import voc_palette, write_label
+from .files import write_text, writing
+from .panoptic import Panoptic, ids_to_rgb, rgb_to_ids, segment_boxes
 from .visualize import instance_colors, legend, mask_outline, semantic_overlay, stack_vertically
 
-FORMATS = ("voc", "cityscapes", "coco")
+PANOPTIC_FORMATS = ("cityscapes-panoptic", "coco-panoptic")
+FORMATS = ("voc", "cityscapes", "coco") + PANOPTIC_FORMATS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,3 +298,92 @@ class CocoResults:
         path = out_dir / "results.json"
         path.write_text(json.dumps(self.results))
         return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Panoptic files (COCO's panoptic format; Cityscapes' gtFine_panoptic layout)
+
+def panoptic_categories(class_names, thing_classes, category_ids) -> list[dict]:
+    """The ``categories`` of a panoptic JSON: per class index ``i``, ``{"id": category_ids[i], "name",
+    "isthing", "color"}`` (its palette colour)."""
+    palette = voc_palette()
+    return [{"id": int(category_ids[index]), "name": name, "isthing": int(index in thing_classes),
+             "color": [int(c) for c in palette[index]]} for index, name in enumerate(class_names)]
+
+
+class PanopticFiles:
+    """Writes panoptic predictions: each image's PNG as it comes (``add``), the JSON at the end.
+
+    Args:
+        out_dir: the output folder; the files are ``OUT/NAME.json`` and ``OUT/NAME/*.png``.
+        name: the base name (``cityscapes_panoptic_val``, ``panoptic_val``).
+        categories: the JSON's categories (``panoptic_categories``).
+        category_ids: (C,) the category id written for each class index.
+    """
+
+    def __init__(self, out_dir: str | Path, name: str, categories: list[dict], category_ids) -> None:
+        self.json_path = Path(out_dir) / f"{name}.json"
+        self.folder = Path(out_dir) / name
+        with writing(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.categories = categories
+        self.category_ids = np.asarray(category_ids, dtype=np.int64)
+        self.annotations: list[dict] = []
+        self.images: list[dict] = []
+
+    def add(self, image_id: str, file_name: str, panoptic: Panoptic) -> None:
+        """Write one image's PNG and remember its segments."""
+        with writing(self.folder / file_name):
+            Image.fromarray(ids_to_rgb(panoptic.ids)).save(self.folder / file_name)
+        boxes, areas = segment_boxes(panoptic), panoptic.areas()
+        segments = [{"id": int(segment), "category_id": int(self.category_ids[category]), "area": int(area),
+                     "bbox": [int(v) for v in box], "iscrowd": int(crowd)}
+                    for segment, category, area, box, crowd in zip(panoptic.segment_ids, panoptic.categories, areas,
+                                                                   boxes, panoptic.crowd)]
+        self.annotations.append({"image_id": image_id, "file_name": file_name, "segments_info": segments})
+        height, width = panoptic.ids.shape
+        self.images.append({"id": image_id, "file_name": file_name, "height": int(height), "width": int(width)})
+
+    def write(self) -> Path:
+        """Write ``NAME.json``; returns its path."""
+        return write_text(self.json_path, json.dumps({"images": self.images, "annotations": self.annotations,
+                                                      "categories": self.categories}))
+
+
+def read_panoptic_files(json_path: str | Path, folder: str | Path | None = None):
+    """Read a panoptic JSON and its PNG folder (default: the JSON's path without ``.json``).
+
+    Returns:
+        ``(categories, annotations, load)``: the JSON's category list, its annotation list, and
+        ``load(annotation) -> Panoptic`` reading that image's PNG (segment categories are the
+        file's category ids; ``crowd`` from ``iscrowd``).
+
+    Raises:
+        FileNotFoundError / ValueError naming the file: a missing JSON, folder or PNG, a JSON
+        without ``annotations`` or ``categories``.
+    """
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"panoptic JSON {json_path} does not exist")
+    folder = Path(folder) if folder is not None else json_path.with_suffix("")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"panoptic PNG folder {folder} does not exist (give it with the folder option)")
+    try:
+        record = json.loads(json_path.read_text())
+        categories, annotations = record["categories"], record["annotations"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{json_path} is not a panoptic JSON with 'annotations' and 'categories' ({error})") from None
+
+    def load(annotation: dict) -> Panoptic:
+        path = folder / annotation["file_name"]
+        try:
+            with Image.open(path) as image:
+                ids = rgb_to_ids(np.asarray(image.convert("RGB")))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"panoptic PNG {path} (listed in {json_path}) does not exist") from None
+        segments = annotation["segments_info"]
+        return Panoptic(ids, np.array([s["id"] for s in segments], dtype=np.int64),
+                        np.array([s["category_id"] for s in segments], dtype=np.int64),
+                        np.array([bool(s.get("iscrowd", 0)) for s in segments], dtype=bool))
+
+    return categories, annotations, load

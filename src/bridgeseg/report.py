@@ -1,4 +1,10 @@
-"""Text summaries of evaluation results (terminal tables and Markdown)."""
+"""Text summaries of evaluation results (terminal tables and Markdown).
+
+Results are the dict of ``evaluate``: ``semantic`` (mean IoU, ...), ``instance`` (mAP^r),
+``panoptic`` (PQ / SQ / RQ) and ``cityscapes`` (the official Cityscapes AP), each optional.
+``headline`` and ``class_table`` pick the numbers once; the text, Markdown and HTML reports only
+lay them out.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +12,91 @@ import json
 from pathlib import Path
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A fraction as a percentage with one decimal; ``-`` for None."""
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def metrics_table(results: dict, class_names: tuple[str, ...] | None = None) -> str:
-    """A plain-text table of ``{"semantic": {...}, "instance"?: {...}}``: the headline numbers,
-    then per-class IoU (and AP at 0.5 / 0.7 when instances were evaluated)."""
-    lines = []
-    semantic = results.get("semantic")
-    instance = results.get("instance")
-    headline = []
+def headline(results: dict) -> list[tuple[str, float | None]]:
+    """The summary numbers present in ``results``: (name, fraction) pairs."""
+    semantic, instance = results.get("semantic"), results.get("instance")
+    panoptic, cityscapes = results.get("panoptic"), results.get("cityscapes")
+    rows: list[tuple[str, float | None]] = []
     if semantic:
-        headline += [("pixel acc.", semantic["pixel_accuracy"]), ("mean acc.", semantic["mean_accuracy"]),
-                     ("mean IoU", semantic["mean_iou"])]
+        rows += [("pixel acc.", semantic["pixel_accuracy"]), ("mean acc.", semantic["mean_accuracy"]),
+                 ("mean IoU", semantic["mean_iou"])]
     if instance:
-        headline += [("mAP^r@0.5", instance["mAP_r@0.5"]), ("mAP^r@0.7", instance["mAP_r@0.7"]),
-                     ("mAP^r_vol", instance["mAP_r_vol"])]
-    images = (semantic or instance or {}).get("num_images", 0)
-    lines.append(f"{images} images; all numbers in %")
-    lines.append("  ".join(f"{name:>10}" for name, _ in headline))
-    lines.append("  ".join(f"{_percent(value):>10}" for _, value in headline))
+        rows += [("mAP^r@0.5", instance["mAP_r@0.5"]), ("mAP^r@0.7", instance["mAP_r@0.7"]),
+                 ("mAP^r_vol", instance["mAP_r_vol"])]
+    if panoptic:
+        rows += [("PQ", panoptic["all"]["pq"]), ("SQ", panoptic["all"]["sq"]), ("RQ", panoptic["all"]["rq"]),
+                 ("PQ things", panoptic["things"]["pq"]), ("PQ stuff", panoptic["stuff"]["pq"])]
+    if cityscapes:
+        rows += [("AP (CS)", cityscapes["AP"]), ("AP50 (CS)", cityscapes["AP50"])]
+    return rows
+
+
+def _entry(per_class: dict | None, name: str, key: str) -> float | None:
+    value = (per_class or {}).get(name)
+    return None if value is None else value[key]
+
+
+def class_table(results: dict, class_names: tuple[str, ...] | None = None) -> tuple[list[str], list[list]]:
+    """Per-class columns present in ``results``: ``(header, rows)``, each row the class name then
+    fractions (None where a class has no score)."""
+    semantic, instance = results.get("semantic"), results.get("instance")
+    panoptic, cityscapes = results.get("panoptic"), results.get("cityscapes")
+    if class_names is None:
+        if semantic:
+            class_names = tuple(f"class {i}" for i in range(len(semantic["per_class_iou"])))
+        else:
+            class_names = tuple((instance or panoptic or cityscapes or {}).get("per_class", {}))
+    header, columns = ["class"], []
     if semantic:
-        names = class_names or tuple(f"class {i}" for i in range(len(semantic["per_class_iou"])))
-        per_class_ap = (instance or {}).get("per_class", {})
-        width = max(len(name) for name in names) + 2
-        header = f"{'class':<{width}}{'IoU':>7}" + (f"{'AP@0.5':>9}{'AP@0.7':>9}" if instance else "")
-        lines += ["", header, "-" * len(header)]
-        for index, name in enumerate(names):
-            row = f"{name:<{width}}{_percent(semantic['per_class_iou'][index]):>7}"
-            if instance and index > 0:
-                ap = per_class_ap.get(name)
-                row += f"{_percent(ap['0.5'] if ap else None):>9}{_percent(ap['0.7'] if ap else None):>9}"
-            lines.append(row)
+        header.append("IoU")
+        columns.append(lambda index, name: semantic["per_class_iou"][index])
+    if instance:
+        header += ["AP@0.5", "AP@0.7"]
+        columns += [lambda index, name: _entry(instance["per_class"], name, "0.5"),
+                    lambda index, name: _entry(instance["per_class"], name, "0.7")]
+    if panoptic:
+        header += ["PQ", "SQ", "RQ"]
+        columns += [lambda index, name, key=key: _entry(panoptic["per_class"], name, key) for key in ("pq", "sq", "rq")]
+    if cityscapes:
+        header += ["AP (CS)", "AP50 (CS)"]
+        columns += [lambda index, name, key=key: _entry(cityscapes["per_class"], name, key) for key in ("AP", "AP50")]
+    rows = [[name] + [column(index, name) for column in columns] for index, name in enumerate(class_names)]
+    return header, rows
+
+
+def _num_images(results: dict) -> int:
+    return next((part["num_images"] for part in results.values() if isinstance(part, dict) and "num_images" in part), 0)
+
+
+def metrics_table(results: dict, class_names: tuple[str, ...] | None = None) -> str:
+    """A plain-text table of ``results``: the headline numbers, then the per-class scores."""
+    numbers = headline(results)
+    width = max([10] + [len(name) for name, _ in numbers])
+    lines = [f"{_num_images(results)} images; all numbers in %",
+             "  ".join(f"{name:>{width}}" for name, _ in numbers),
+             "  ".join(f"{percent(value):>{width}}" for _, value in numbers)]
+    header, rows = class_table(results, class_names)
+    if len(header) > 1:
+        name_width = max(len(str(row[0])) for row in rows) + 2 if rows else 8
+        lines += ["", f"{'class':<{name_width}}" + "".join(f"{name:>10}" for name in header[1:])]
+        lines.append("-" * len(lines[-1]))
+        lines += [f"{row[0]:<{name_width}}" + "".join(f"{percent(value):>10}" for value in row[1:]) for row in rows]
     return "\n".join(lines)
 
 
 def markdown_metrics(results: dict, class_names: tuple[str, ...]) -> str:
     """The same content as ``metrics_table`` as Markdown tables."""
-    semantic, instance = results.get("semantic"), results.get("instance")
-    out = ["| metric | value |", "|---|---|"]
-    if semantic:
-        out += [f"| pixel accuracy | {_percent(semantic['pixel_accuracy'])} % |",
-                f"| mean accuracy | {_percent(semantic['mean_accuracy'])} % |",
-                f"| mean IoU | {_percent(semantic['mean_iou'])} % |"]
-    if instance:
-        out += [f"| mAP^r@0.5 | {_percent(instance['mAP_r@0.5'])} % |",
-                f"| mAP^r@0.7 | {_percent(instance['mAP_r@0.7'])} % |",
-                f"| mAP^r_vol | {_percent(instance['mAP_r_vol'])} % |"]
-    if semantic:
-        out += ["", "| class | IoU % |" + (" AP@0.5 % | AP@0.7 % |" if instance else ""),
-                "|---|---|" + ("---|---|" if instance else "")]
-        for index, name in enumerate(class_names):
-            row = f"| {name} | {_percent(semantic['per_class_iou'][index])} |"
-            if instance:
-                ap = instance["per_class"].get(name) if index > 0 else None
-                row += f" {_percent(ap['0.5'] if ap else None)} | {_percent(ap['0.7'] if ap else None)} |"
-            out.append(row)
+    out = ["| metric | value |", "|---|---|"] + [f"| {name} | {percent(value)} % |" for name, value in headline(results)]
+    header, rows = class_table(results, class_names)
+    if len(header) > 1:
+        out += ["", "| " + " | ".join(header[:1] + [f"{name} %" for name in header[1:]]) + " |",
+                "|" + "---|" * len(header)]
+        out += ["| " + " | ".join([str(row[0])] + [percent(value) for value in row[1:]]) + " |" for row in rows]
     return "\n".join(out)
 
 

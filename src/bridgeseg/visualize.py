@@ -151,8 +151,18 @@ def plot_training_curves(log_path: str | Path, out_path: str | Path) -> Path | N
     return Path(out_path)
 
 
+def _per_class_values(part: dict | None, class_names: tuple[str, ...], key: str) -> list[float] | None:
+    """Percentages of one per-class score (``part["per_class"][name][key]``), NaN where undefined."""
+    if not part:
+        return None
+    per_class = part.get("per_class", {})
+    return [np.nan if (per_class.get(name) or {}).get(key) is None else 100 * per_class[name][key]
+            for name in class_names]
+
+
 def plot_class_scores(results: dict, class_names: tuple[str, ...], out_path: str | Path) -> Path:
-    """A horizontal bar chart of per-class IoU (and AP^r at 0.5 when instances were evaluated).
+    """A horizontal bar chart of per-class IoU (and AP^r at 0.5 when instances were evaluated, PQ
+    when panoptic quality was).
 
     Classes without ground truth or prediction (IoU undefined) are drawn as an empty row marked
     "n/a"; the dashed line is the mean IoU.
@@ -162,20 +172,21 @@ def plot_class_scores(results: dict, class_names: tuple[str, ...], out_path: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    semantic, instance = results["semantic"], results.get("instance")
+    semantic = results["semantic"]
     ious = [np.nan if value is None else 100 * value for value in semantic["per_class_iou"]]
     rows = np.arange(len(class_names))
-    figure, axis = plt.subplots(figsize=(7, 0.32 * len(class_names) + 1.2))
-    height = 0.4 if instance else 0.7
     colors = colorize(rows) / 255.0
-    axis.barh(rows - (height / 2 if instance else 0), np.nan_to_num(ious), height, color=colors, edgecolor="black",
-              linewidth=0.4, label="IoU")
-    if instance:
-        per_class = instance.get("per_class", {})
-        aps = [(per_class.get(name) or {}).get("0.5") if index > 0 else None for index, name in enumerate(class_names)]
-        aps = [np.nan if value is None else 100 * value for value in aps]
-        axis.barh(rows + height / 2, np.nan_to_num(aps), height, color="white", edgecolor=colors, hatch="///",
-                  linewidth=0.8, label="AP^r@0.5")
+    series = [("IoU", ious, {"color": colors, "edgecolor": "black", "linewidth": 0.4})]
+    for label, values, style in (
+            ("AP^r@0.5", _per_class_values(results.get("instance"), class_names, "0.5"), {"hatch": "///"}),
+            ("PQ", _per_class_values(results.get("panoptic"), class_names, "pq"), {"hatch": "..."})):
+        if values is not None:
+            series.append((label, values, {"color": "white", "edgecolor": colors, "linewidth": 0.8, **style}))
+    figure, axis = plt.subplots(figsize=(7, 0.32 * len(class_names) * (1 + 0.3 * (len(series) - 1)) + 1.2))
+    height = 0.8 / len(series)
+    for number, (label, values, style) in enumerate(series):
+        axis.barh(rows + (number - (len(series) - 1) / 2) * height, np.nan_to_num(values), height, label=label,
+                  **style)
     for row, value in zip(rows, ious):
         axis.text((0 if np.isnan(value) else value) + 1, row, "n/a" if np.isnan(value) else f"{value:.1f}",
                   va="center", fontsize=7)

@@ -7,6 +7,11 @@ ROOT/SegmentationObject/<id>.png     instance index per pixel (0 background, 255
 ROOT/ImageSets/Segmentation/<split>.txt   one <id> per line
 ROOT/classes.txt                     optional: one class name per line, background first
 ```
+
+Things and stuff (for panoptic segmentation): the first class (background) and every class whose
+``classes.txt`` line ends with the marker ``[stuff]`` (``sky [stuff]``) are stuff, one region per
+image; all other classes are things, counted instance by instance. Without ``classes.txt``: the 20
+VOC object classes are things, background is stuff.
 """
 
 from __future__ import annotations
@@ -23,14 +28,34 @@ VOC_CLASSES = (
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+STUFF_MARKER = "[stuff]"
+
+
+def _class_lines(root: str | Path) -> list[str] | None:
+    """The non-empty lines of ``ROOT/classes.txt``, stripped; None without the file."""
+    path = Path(root) / "classes.txt"
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_thing_classes(root: str | Path) -> tuple[int, ...]:
+    """Indices of the thing classes of a VOC-layout root: every class but the first (background) and
+    those marked ``[stuff]`` in ``classes.txt``."""
+    lines = _class_lines(root)
+    if lines is None:
+        return tuple(range(1, len(VOC_CLASSES)))
+    return tuple(index for index, line in enumerate(lines) if index > 0 and not line.endswith(STUFF_MARKER))
 
 
 def read_class_names(root: str | Path) -> tuple[str, ...]:
-    """Class names of a VOC-layout root: its ``classes.txt`` if present, else the 21 VOC classes."""
+    """Class names of a VOC-layout root: its ``classes.txt`` if present (``[stuff]`` markers
+    removed), else the 21 VOC classes."""
     path = Path(root) / "classes.txt"
-    if not path.is_file():
+    lines = _class_lines(root)
+    if lines is None:
         return VOC_CLASSES
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    names = tuple(line.removesuffix(STUFF_MARKER).strip() for line in lines)
     if len(names) < 2:
         raise ValueError(f"{path} must list at least two classes (background first), one per line")
     if len(names) > 255:
@@ -77,7 +102,7 @@ class VOCSegmentation(SegmentationDataset):
         self.with_instances = with_instances
         self.class_names = tuple(class_names) if class_names else read_class_names(self.root)
         self.ids = read_split(self.root, split)
-        self.thing_classes = tuple(range(1, len(self.class_names)))
+        self.thing_classes = read_thing_classes(self.root) if not class_names else tuple(range(1, len(class_names)))
 
     @classmethod
     def instance_labels_at(cls, root: Path) -> bool:

@@ -16,10 +16,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import Config
+from ..data.cityscapes import train_ids_to_label_ids
 from ..data.io import read_image
 from ..data.loading import build_dataset
 from ..files import check_output_folder, writing
-from ..outputs import FORMATS, CocoResults, write_cityscapes_prediction, write_prediction, write_voc_prediction
+from ..outputs import (FORMATS, PANOPTIC_FORMATS, CocoResults, PanopticFiles, panoptic_categories,
+                       write_cityscapes_prediction, write_prediction, write_voc_prediction)
+from ..panoptic import panoptic_from_prediction
 from ..predictor import Predictor
 from .evaluate import check_dataset_classes
 
@@ -157,26 +160,61 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
 # A dataset split (bridgeseg predict-dataset)
 # ----------------------------------------------------------------------------------------------
 
+def _panoptic_files(fmt: str, out_dir: Path, split: str, dataset) -> PanopticFiles:
+    """The writer of ``cityscapes-panoptic`` (category ids = Cityscapes label ids, the layout of
+    cityscapesscripts' ``cityscapes_panoptic_<split>.json``) or ``coco-panoptic`` (category ids =
+    class indices, ``panoptic_<split>.json``)."""
+    split_name = Path(split).stem if "/" in split or split.endswith(".txt") else split
+    indices = np.arange(dataset.num_classes)
+    if fmt == "cityscapes-panoptic":
+        category_ids, name = train_ids_to_label_ids(indices), f"cityscapes_panoptic_{split_name}"
+    else:
+        category_ids, name = indices, f"panoptic_{split_name}"
+    categories = panoptic_categories(dataset.class_names, dataset.thing_classes, category_ids)
+    return PanopticFiles(out_dir, name, categories, category_ids)
+
+
+def _add_panoptic(files: PanopticFiles, fmt: str, name: str, prediction, dataset, min_area: int) -> None:
+    instances = prediction.instances
+    if instances is None:
+        raise ValueError("panoptic output needs instances: use a checkpoint with a localization head")
+    panoptic = panoptic_from_prediction(prediction.semantic, instances.masks.numpy(), instances.labels.numpy(),
+                                        instances.scores.numpy(), dataset.thing_classes, dataset.num_classes,
+                                        min_area)
+    if fmt == "cityscapes-panoptic":
+        stem = Path(name).name.removesuffix("_leftImg8bit")
+        files.add(stem, f"{stem}_gtFine_panoptic.png", panoptic)
+    else:
+        files.add(name, f"{name.replace('/', '_')}.png", panoptic)
+
+
 def predict_dataset(config: Config, checkpoint: str | Path, out_dir: str | Path, fmt: str, split: str | None = None,
                     device: str = "auto", progress: bool = True) -> Path:
     """Predict every image of ``split`` (default: the evaluation split) and write them as ``fmt``.
 
     The network comes from ``checkpoint``, the test-time settings (``eval``, ``instance``) from
-    ``config``, as in ``evaluate``."""
+    ``config``, as in ``evaluate``; panoptic maps follow ``bridgeseg.panoptic``'s rule with
+    ``eval.panoptic_min_area``. Returns the folder, or the JSON file of ``coco`` and the panoptic
+    formats."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
-    if fmt == "cityscapes" and config.data.dataset != "cityscapes":
-        raise ValueError("--format cityscapes writes Cityscapes label ids and needs data.dataset=cityscapes")
+    if fmt.startswith("cityscapes") and config.data.dataset != "cityscapes":
+        raise ValueError(f"--format {fmt} writes Cityscapes label ids and needs data.dataset=cityscapes")
     out_dir = check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictor = Predictor.from_checkpoint(checkpoint, device=device, eval_config=config.eval,
                                           instance_config=config.instance)
-    dataset = build_dataset(config.data, split or config.evaluation_split)
+    split = split or config.evaluation_split
+    dataset = build_dataset(config.data, split)
     check_dataset_classes(predictor.class_names, dataset.class_names, config.data.root)
     coco = CocoResults() if fmt == "coco" else None
+    panoptic = _panoptic_files(fmt, out_dir, split, dataset) if fmt in PANOPTIC_FORMATS else None
     for index in tqdm(range(len(dataset)), desc=f"predicting ({fmt})", unit="img", disable=not progress):
         name = dataset.ids[index]
         prediction = predictor(dataset.image_path(name))  # the image only: labels are not needed here
+        if panoptic is not None:
+            _add_panoptic(panoptic, fmt, name, prediction, dataset, config.eval.panoptic_min_area)
+            continue
         instances = prediction.instances
         masks = instances.masks.numpy() if instances is not None else None
         labels = instances.labels.numpy() if instances is not None else None
@@ -189,6 +227,8 @@ def predict_dataset(config: Config, checkpoint: str | Path, out_dir: str | Path,
             coco.add(name, prediction.image_size, masks, labels, scores)
         else:
             coco.add(name, prediction.image_size, np.zeros((0, *prediction.image_size), bool), [], [])
+    if panoptic is not None:
+        return panoptic.write()
     if coco is not None:
         return coco.write(out_dir, predictor.class_names)
     return out_dir

@@ -205,6 +205,7 @@ class InstanceEvaluator:
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.protocol = protocol
+        self.ap_method = _AP_METHOD_OF_PROTOCOL[protocol]
         self.ignore_void = ignore_void
         self.thresholds = THRESHOLDS
         self.reset()
@@ -218,7 +219,7 @@ class InstanceEvaluator:
         self._num_images = 0
 
     def process(self, pred_masks: Any, pred_labels: Any, pred_scores: Any, gt_masks: Any,
-                gt_labels: Any, void: Any = None) -> None:
+                gt_labels: Any, void: Any = None) -> np.ndarray:
         """Match one image's predictions to its ground truth and record the statistics.
 
         Args:
@@ -228,6 +229,9 @@ class InstanceEvaluator:
             gt_masks: (G, H, W) bool ground-truth instance masks.
             gt_labels: (G,) int class of each instance, in ``1 .. C-1``.
             void: (H, W) bool void pixels, or None.
+
+        Returns:
+            (P, T) bool: whether each prediction is a true positive at each threshold.
         """
         pred_masks = _as_mask(pred_masks, "pred_masks")
         gt_masks = _as_mask(gt_masks, "gt_masks")
@@ -258,6 +262,7 @@ class InstanceEvaluator:
         self._tp.append(tp)
         self._num_gt += np.bincount(gt_labels, minlength=self.num_classes)
         self._num_images += 1
+        return tp
 
     def _check_shapes(self, pred_masks: torch.Tensor, pred_labels: np.ndarray, scores: np.ndarray,
                       gt_masks: torch.Tensor, gt_labels: np.ndarray, void: torch.Tensor | None) -> None:

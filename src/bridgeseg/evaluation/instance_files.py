@@ -10,6 +10,10 @@ Ground truth in three formats (``--gt-format``):
   pixels are void.
 
 Predictions: ``PRED/<stem>.txt`` in the format of ``bridgeseg.outputs.read_instance_txt``.
+
+Protocols: ``sds`` and ``mnc`` give mAP^r (``bridgeseg.evaluation.instance``); ``cityscapes``
+(with ``--gt-format cityscapes`` only) the official Cityscapes AP / AP50
+(``bridgeseg.evaluation.cityscapes_instance``), reading the same files the official evaluator reads.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from ..data.io import read_label, read_split_stems
 from ..data.sbd import read_sbd_instances
 from ..data.voc import read_class_names
 from ..outputs import read_instance_txt
-from .instance import InstanceEvaluator
+from .cityscapes_instance import CITYSCAPES_PROTOCOL, CityscapesInstanceEvaluator
+from .instance import PROTOCOLS, InstanceEvaluator
 
 GT_FORMATS = ("voc", "sbd", "cityscapes")
+SCORE_PROTOCOLS = PROTOCOLS + (CITYSCAPES_PROTOCOL,)
+CITYSCAPES_LABEL_IDS = range(-1, 34)
 CITYSCAPES_SUFFIX = "_gtFine_instanceIds.png"
 
 
@@ -86,15 +93,8 @@ class _GroundTruth:
         return np.array([self.dataset_ids[int(i)] for i in class_ids], dtype=np.int64)
 
 
-def score_instance_folders(gt_dir: str | Path, gt_format: str, pred_dir: str | Path, protocol: str = "sds",
-                           split: str | Path | None = None, progress: bool = False) -> dict:
-    """mAP^r of ``PRED/<stem>.txt`` files against every ground-truth image (or those of ``split``).
-
-    Returns the dict of ``InstanceEvaluator.evaluate`` (``mAP_r@0.5``, ``mAP_r@0.7``,
-    ``mAP_r_vol``, ``per_class``, ``num_images``, ``protocol``).
-    """
-    truth = _GroundTruth(Path(gt_dir), gt_format)
-    pred_dir = Path(pred_dir)
+def _stems_with_predictions(truth: _GroundTruth, pred_dir: Path, split) -> list[str]:
+    """The stems to score (all ground-truth images, or those of ``split``), each with its ``.txt``."""
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_dir} does not exist")
     stems = read_split_stems(split) if split is not None else list(truth.files)
@@ -102,13 +102,36 @@ def score_instance_folders(gt_dir: str | Path, gt_format: str, pred_dir: str | P
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(stems)} images have no prediction file, e.g. {missing[0]} "
                                 "(every ground-truth image needs a .txt, empty when nothing was detected)")
-    evaluator = InstanceEvaluator(list(truth.class_names), protocol)
-    iterator = stems
-    if progress:
-        from tqdm import tqdm
+    return stems
 
-        iterator = tqdm(stems, desc="scoring", unit="img")
-    for stem in iterator:
+
+def _progress(stems: list[str], progress: bool):
+    if not progress:
+        return stems
+    from tqdm import tqdm
+
+    return tqdm(stems, desc="scoring", unit="img")
+
+
+def score_instance_folders(gt_dir: str | Path, gt_format: str, pred_dir: str | Path, protocol: str = "sds",
+                           split: str | Path | None = None, progress: bool = False) -> dict:
+    """Scores of ``PRED/<stem>.txt`` files against every ground-truth image (or those of ``split``).
+
+    Returns the dict of ``InstanceEvaluator.evaluate`` (``mAP_r@0.5``, ``mAP_r@0.7``,
+    ``mAP_r_vol``, ``per_class``, ``num_images``, ``protocol``), or with ``protocol="cityscapes"``
+    that of ``CityscapesInstanceEvaluator.evaluate`` (``AP``, ``AP50``, ``per_class``, ...).
+    """
+    if protocol not in SCORE_PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {SCORE_PROTOCOLS}")
+    if protocol == CITYSCAPES_PROTOCOL and gt_format != "cityscapes":
+        raise ValueError("--protocol cityscapes scores Cityscapes ground truth: use --gt-format cityscapes")
+    truth = _GroundTruth(Path(gt_dir), gt_format)
+    pred_dir = Path(pred_dir)
+    stems = _stems_with_predictions(truth, pred_dir, split)
+    if protocol == CITYSCAPES_PROTOCOL:
+        return _score_cityscapes(truth, pred_dir, stems, progress)
+    evaluator = InstanceEvaluator(list(truth.class_names), protocol)
+    for stem in _progress(stems, progress):
         gt_masks, gt_labels, void = truth.load(stem)
         txt = pred_dir / f"{stem}.txt"
         masks, class_ids, scores = read_instance_txt(txt, image_size=tuple(gt_masks.shape[-2:]) if void is None
@@ -116,4 +139,21 @@ def score_instance_folders(gt_dir: str | Path, gt_format: str, pred_dir: str | P
         labels = truth.evaluator_labels(class_ids, txt)
         evaluator.process(torch.from_numpy(masks), torch.from_numpy(labels), torch.from_numpy(scores),
                           gt_masks, gt_labels, void)
+    return evaluator.evaluate()
+
+
+def _score_cityscapes(truth: _GroundTruth, pred_dir: Path, stems: list[str], progress: bool) -> dict:
+    """The official Cityscapes AP of the ``.txt`` files (label ids, as the official evaluator reads them)."""
+    evaluator = CityscapesInstanceEvaluator()
+    for stem in _progress(stems, progress):
+        path = truth.files.get(stem)
+        if path is None:
+            raise FileNotFoundError(f"image {stem!r} of the split list has no ground truth in {truth.folder}")
+        raw = read_instance_ids(path)
+        txt = pred_dir / f"{stem}.txt"
+        masks, label_ids, scores = read_instance_txt(txt, image_size=raw.shape)
+        bad = [int(i) for i in label_ids if int(i) not in CITYSCAPES_LABEL_IDS]
+        if bad:
+            raise ValueError(f"{txt} has class id {bad[0]}, which is no Cityscapes label id (-1..33)")
+        evaluator.process(masks, label_ids, scores, raw)
     return evaluator.evaluate()

@@ -208,12 +208,15 @@ class SemanticEvaluator:
         self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
         self.num_images = 0
 
-    def process(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def process(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Add one image (H, W) or a batch (N, H, W) of predictions and ground truths.
 
         Args:
             pred: integer class indices, (H, W) or (N, H, W).
             target: integer ground truth of the same shape, ``ignore_index`` for void pixels.
+
+        Returns:
+            The (K, K) confusion matrix of these images alone.
         """
         target = torch.as_tensor(target)
         pred = torch.as_tensor(pred)
@@ -224,6 +227,7 @@ class SemanticEvaluator:
                              f"{tuple(target.shape)}; pass class indices (e.g. scores.argmax(1)), not scores")
         counts = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
         self._add(counts, 1 if target.dim() == 2 else target.shape[0])
+        return counts
 
     def _add(self, counts: torch.Tensor, num_images: int) -> None:
         if self.confusion.device != counts.device:
