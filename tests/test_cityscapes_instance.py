@@ -117,14 +117,14 @@ def test_score_instance_cityscapes_protocol_on_the_real_small_frame(tmp_path, ca
 
 def test_evaluate_on_cityscapes_reports_the_official_ap_and_pq(tmp_path):
     """`evaluate --oracle both` on the real small frame: the ground-truth instances come back, so the
-    official AP, mAP^r and (with every segment kept) PQ are 1. (The grouping groups stuff classes too:
-    with its default 100 instances the frame's stuff clusters take every place, hence the larger bound.)"""
+    official AP, mAP^r and (with every segment kept) PQ are 1. Only the 8 thing classes are grouped:
+    stuff (road, sky, ...) takes none of the default 100 instance places."""
     from bridgeseg.config import load_config, resolve_config_path
     from bridgeseg.engine.evaluate import evaluate_config, write_reports
     from bridgeseg.html_report import Gallery
 
     settings = ["data.dataset=cityscapes", f"data.root={shared_fixture('cityscapes_small')}", "data.workers=0",
-                "instance.max_instances=1000", "eval.panoptic_min_area=1"]
+                "eval.panoptic_min_area=1"]
     gallery = Gallery(tmp_path)
     results, names = evaluate_config(load_config(resolve_config_path("demo"), settings), None, oracle="both",
                                      device="cpu", progress=False, gallery=gallery)

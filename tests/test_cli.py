@@ -278,8 +278,8 @@ def test_evaluate_and_predict_find_the_same_instances(synthetic_root, joint_chec
     found = []
     original = evaluate_module.find_instances
 
-    def recording(maps, image_size, instance_config):
-        found.append(original(maps, image_size, instance_config))
+    def recording(maps, image_size, instance_config, thing_classes=None):
+        found.append(original(maps, image_size, instance_config, thing_classes))
         return found[-1]
 
     monkeypatch.setattr(evaluate_module, "find_instances", recording)
@@ -309,13 +309,14 @@ def test_networks_trained_apart_combine_at_test_time(tmp_path, synthetic_root, c
     records = [json.loads(line) for line in (runs["localization"] / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["eval"]["oracle"] == "semantic" and "instance" in records[-1]["eval"]
     checkpoints = [runs["semantic"] / "final.pt", runs["localization"] / "final.pt"]
-    combined, _, config = load_trained_models(checkpoints[::-1])  # either order
+    trained = load_trained_models(checkpoints[::-1])  # either order
+    combined, config = trained.model, trained.config
     assert config.model.arch == "separate" and set(combined.heads) == {"semantic", "localization"}
     image = torch.randn(1, 3, 48, 64)
     with torch.no_grad():
         outputs = combined(image)
         for arch, path in zip(("semantic", "localization"), checkpoints):
-            alone = load_trained_model(path)[0](image)[arch]
+            alone = load_trained_model(path).model(image)[arch]
             assert torch.equal(outputs[arch], alone)
     both = ["--checkpoint", checkpoints[0], "--checkpoint", checkpoints[1]]
     metrics = tmp_path / "combined.json"

@@ -197,3 +197,13 @@ def test_frozen_batch_norm_leaves_the_non_linear_head_learning():
     assert all(m.training and m.weight.requires_grad for m in head_bn)
     assert all(not m.training and not m.weight.requires_grad for m in backbone_bn)
     assert Config().model.freeze_bn is False
+
+
+def test_only_thing_classes_are_grouped():
+    """Stuff classes (road, sky) have no instances: the grouping and the baseline leave them alone."""
+    instances, semantic = _discs()
+    probs = oracle_probabilities(semantic, 3, 8)
+    maps = ImageMaps(probs, oracle_transforms(instances, semantic, 3, 8), 8, semantic)
+    for method in ("grouping", "connected_components"):
+        found = find_instances(maps, tuple(semantic.shape), InstanceConfig(method=method), thing_classes=(1,))
+        assert set(found.labels.tolist()) == {1}

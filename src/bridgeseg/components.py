@@ -12,6 +12,8 @@ pixel, so that touching objects touch there too, as they do in any predicted cla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.ndimage
 import torch
@@ -45,7 +47,8 @@ def _void_filled(class_map: np.ndarray) -> np.ndarray:
 
 
 def connected_component_instances(class_map: torch.Tensor, probs: torch.Tensor, stride: int,
-                                  settings: InstanceConfig = InstanceConfig()) -> Instances:
+                                  settings: InstanceConfig = InstanceConfig(),
+                                  classes: Sequence[int] | None = None) -> Instances:
     """Instances as the connected regions of each class of a class map.
 
     Args:
@@ -53,6 +56,7 @@ def connected_component_instances(class_map: torch.Tensor, probs: torch.Tensor, 
             are no class).
         probs: (C, h, w) grid probabilities on a grid of ``stride`` (for the confidences).
         settings: ``min_cluster_size`` and ``max_instances`` are used.
+        classes: the classes that have instances; None: every foreground class.
 
     Returns:
         ``Instances`` on ``class_map``'s device, by descending score.
@@ -61,7 +65,7 @@ def connected_component_instances(class_map: torch.Tensor, probs: torch.Tensor, 
     labels_np = _void_filled(class_map.cpu().numpy())
     min_pixels = settings.min_cluster_size * stride * stride
     masks, labels, scores = [], [], []
-    for label in [int(c) for c in np.unique(labels_np) if 0 < c < probs.shape[0]]:
+    for label in [int(c) for c in np.unique(labels_np) if 0 < c < probs.shape[0] and (classes is None or c in classes)]:
         regions, count = scipy.ndimage.label(labels_np == label, structure=_EIGHT_CONNECTED)
         if not count:
             continue

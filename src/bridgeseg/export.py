@@ -47,7 +47,8 @@ def _require(package: str) -> None:
 
 def _load(checkpoint: str | Path) -> tuple[nn.Module, tuple[str, ...], object]:
     """(model on the CPU in eval mode, output names present, the checkpoint's config)."""
-    model, _, config = load_trained_model(checkpoint)
+    trained = load_trained_model(checkpoint)
+    model, config = trained.model, trained.config
     return model, tuple(name for name in OUTPUT_NAMES if name in model.heads), config
 
 

@@ -29,6 +29,7 @@ The NMS steps (and their scalability: merged identical votes, chunked rounds) ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -347,7 +348,7 @@ def _class_map_masks(per_class: dict, labels: torch.Tensor, ids: torch.Tensor, g
 
 def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, image_size: tuple[int, int],
                     settings: InstanceConfig = InstanceConfig(), class_map: torch.Tensor | None = None,
-                    confidences: torch.Tensor | None = None) -> Instances:
+                    confidences: torch.Tensor | None = None, classes: Sequence[int] | None = None) -> Instances:
     """Instances of one image from its semantic and localization outputs (paper section 2.1).
 
     Args:
@@ -362,6 +363,8 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
             from ``probs``.
         confidences: (C, h, w) probabilities whose cluster means are the instances' scores; None:
             ``probs`` (the paper's). Candidates always come from ``probs``.
+        classes: the classes that have instances ("things", e.g. Cityscapes' 8); None: every
+            foreground class. Others ("stuff": road, sky) are never grouped.
 
     Returns:
         ``Instances`` on the inputs' device, by descending score: masks (K, H, W).
@@ -373,6 +376,8 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
     votes = vote_boxes(transforms.float(), stride).flatten(2)  # (C - 1, 4, h * w)
     flat_probs = (probs if confidences is None else confidences.float()).flatten(1)
     present = candidates.any(dim=2).any(dim=0).nonzero().squeeze(1).tolist()
+    if classes is not None:
+        present = [k for k in present if k + 1 in set(classes)]
     per_class = {k: _class_hypotheses(votes[k], flat_probs[k + 1], candidates[:, k], settings) for k in present}
     per_class = {k: hyp for k, hyp in per_class.items() if len(hyp.scores)}
     if not per_class:

@@ -13,13 +13,15 @@ at least ``K`` per crop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from . import distributed
 from .config import LossConfig
 from .geometry import resize_to_input
-from .targets import box_targets, class_transforms, decode_boxes, elementwise_box_iou
+from .targets import BoxTargets, box_targets, class_transforms, decode_boxes, elementwise_box_iou
 
 
 def _full_precision(tensor: torch.Tensor) -> torch.Tensor:
@@ -122,12 +124,22 @@ def bootstrapped_box_loss(transforms: torch.Tensor, target_transforms: torch.Ten
     return _normalised((per_pixel * kept_weights).sum(), kept_weights.sum(), 1e-12)
 
 
+@dataclass
+class LossTargets:
+    """What a batch's labels give the loss, at the loss resolution: ``semantic`` (N, H', W') class
+    labels and, for a localization head, ``boxes`` (``targets.BoxTargets`` on the same grid)."""
+
+    semantic: torch.Tensor
+    boxes: BoxTargets | None
+
+
 class SegmentationLoss:
     """The training loss of a model's outputs, configured by ``LossConfig``.
 
     ``loss(outputs, batch, step)`` takes the model's output dict (``semantic`` (N, C, h, w) and/or
     ``localization`` (N, 4(C-1), h, w)) and a batch with ``semantic`` (N, H, W) and, for
-    localization, ``instance`` (N, H, W); returns ``(total, {name: value})``.
+    localization, ``instance`` (N, H, W) (or the ``LossTargets`` that ``loss.targets(batch)`` made of
+    it); returns ``(total, {name: value})``.
     """
 
     def __init__(self, config: LossConfig, num_classes: int, output_stride: int,
@@ -137,28 +149,43 @@ class SegmentationLoss:
         self.output_stride = output_stride
         self.class_weights = class_weights  # (C,) for loss.class_weighting, from the training split
 
+    @property
+    def stride(self) -> int:
+        """The stride of the loss's grid in label pixels: 1 at label resolution, else the output stride."""
+        return 1 if self.config.resolution == "label" else self.output_stride
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> LossTargets:
+        """The labels of ``batch`` on the loss's grid; box targets when it has ``instance`` maps."""
+        semantic = batch["semantic"]
+        boxes = None
+        if "instance" in batch:
+            boxes = box_targets(batch["instance"], semantic, self.num_classes, self.stride,
+                                self.config.instance_weighting)
+        return LossTargets(semantic[:, ::self.stride, ::self.stride], boxes)
+
     def _at_loss_resolution(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.config.resolution == "label":
             return resize_to_input(_full_precision(maps), size, self.output_stride)
         return maps
 
-    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor] | LossTargets,
                  step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        semantic = batch["semantic"]
-        size = tuple(semantic.shape[-2:])
-        stride = 1 if cfg.resolution == "label" else self.output_stride
+        targets = batch if isinstance(batch, LossTargets) else self.targets(batch)
+        size = tuple(targets.semantic.shape[-2:])
         parts: dict[str, torch.Tensor] = {}
         if "semantic" in outputs:
             logits = self._at_loss_resolution(outputs["semantic"], size)
             parts["semantic"] = bootstrapped_cross_entropy(
-                logits, semantic[:, ::stride, ::stride], cfg.threshold, cfg.min_kept,
+                logits, targets.semantic, cfg.threshold, cfg.min_kept,
                 bootstrap=cfg.bootstrap and step >= cfg.warmup_iterations, class_weights=self.class_weights)
         if "localization" in outputs:
-            targets = box_targets(batch["instance"], semantic, self.num_classes, stride, cfg.instance_weighting)
+            boxes = targets.boxes
+            if boxes is None:
+                raise ValueError("the localization loss needs instance labels: the batch has no 'instance' maps")
             transforms = self._at_loss_resolution(outputs["localization"], size)
             parts["localization"] = cfg.localization_weight * bootstrapped_box_loss(
-                transforms, targets.transforms, targets.boxes, targets.classes, targets.weights, stride,
+                transforms, boxes.transforms, boxes.boxes, boxes.classes, boxes.weights, self.stride,
                 cfg.box_iou_threshold, cfg.box_min_kept,
                 bootstrap=cfg.box_bootstrap and step >= cfg.warmup_iterations, beta=cfg.smooth_l1_beta)
         total = sum(parts.values())

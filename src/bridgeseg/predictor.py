@@ -35,7 +35,8 @@ from .outputs import prediction_record
 from .tta import ImageMaps, make_views, predict_views
 
 
-def find_instances(maps: ImageMaps, image_size: tuple[int, int], settings: InstanceConfig) -> Instances | None:
+def find_instances(maps: ImageMaps, image_size: tuple[int, int], settings: InstanceConfig,
+                   thing_classes: Sequence[int] | None = None) -> Instances | None:
     """One image's instances from its maps: the paper's grouping (section 2.1 steps 3-6), or with
     ``instance.method: connected_components`` the regions of its class map; None when the grouping
     has no transforms.
@@ -45,6 +46,7 @@ def find_instances(maps: ImageMaps, image_size: tuple[int, int], settings: Insta
             the class map (H, W).
         image_size: (H, W) of the image.
         settings: the ``instance:`` config section.
+        thing_classes: the classes that have instances (None: every foreground class).
 
     Returns:
         ``Instances`` on the maps' device, masks (K, H, W), by descending score.
@@ -53,11 +55,11 @@ def find_instances(maps: ImageMaps, image_size: tuple[int, int], settings: Insta
         raise ValueError("finding instances needs class probabilities (a semantic head, or --oracle semantic)")
     confidences = maps.probs if maps.confidences is None else maps.confidences
     if settings.method == "connected_components":
-        return connected_component_instances(maps.semantic, confidences, maps.stride, settings)
+        return connected_component_instances(maps.semantic, confidences, maps.stride, settings, thing_classes)
     if maps.transforms is None:
         return None
     return group_instances(maps.probs, maps.transforms, maps.stride, image_size, settings, class_map=maps.semantic,
-                           confidences=confidences)
+                           confidences=confidences, classes=thing_classes)
 
 
 def load_image(image) -> np.ndarray:
@@ -150,12 +152,13 @@ class Predictor:
         device: where the network runs.
         scales, flip, tile_size, tile_overlap: override ``config.eval``'s (None: keep).
         instance_config: grouping settings (None: ``config.instance``).
+        thing_classes: the classes that have instances (None: every foreground class).
     """
 
     def __init__(self, model: nn.Module, class_names: Sequence[str], config: Config,
                  device: str | torch.device = "cpu", scales: Sequence[float] | None = None,
                  flip: bool | None = None, tile_size: int | None = None, tile_overlap: float | None = None,
-                 instance_config: InstanceConfig | None = None) -> None:
+                 instance_config: InstanceConfig | None = None, thing_classes: Sequence[int] | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.class_names = tuple(class_names)
@@ -168,6 +171,7 @@ class Predictor:
             raise ValueError(f"tile size {self.tile_size} is smaller than the output stride {self.output_stride}; "
                              f"use 0 (whole images) or at least {self.output_stride}")
         self.instance_config = instance_config or config.instance
+        self.thing_classes = tuple(range(1, len(self.class_names))) if thing_classes is None else tuple(thing_classes)
         self._mean = torch.tensor(config.data.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(config.data.std, device=self.device).view(1, 3, 1, 1)
 
@@ -181,12 +185,14 @@ class Predictor:
         ``models.build.load_trained_models``) with its own test-time settings, changed by (in this
         order) ``overrides`` (``eval.*`` / ``instance.*`` ``key=value`` strings, as ``--set``), then
         ``eval_config`` / ``instance_config`` (whole sections), then the single options."""
-        model, class_names, config = load_trained_models(path)
+        trained = load_trained_models(path)
+        config = trained.config
         if overrides:
             config = config.replace(**_test_time_overrides(overrides))
         if eval_config is not None:
             config = dataclasses.replace(config, eval=eval_config)
-        return cls(model, class_names, config, device, scales, flip, tile_size, tile_overlap, instance_config)
+        return cls(trained.model, trained.class_names, config, device, scales, flip, tile_size, tile_overlap,
+                   instance_config, trained.thing_classes)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) normalised float on the device (as training's ``to_tensors``)."""
@@ -203,8 +209,8 @@ class Predictor:
                              self.tile_overlap)
 
     def instances(self, maps: ImageMaps, image_size: tuple[int, int]) -> Instances | None:
-        """``find_instances`` with this predictor's grouping settings."""
-        return find_instances(maps, image_size, self.instance_config)
+        """``find_instances`` with this predictor's grouping settings and thing classes."""
+        return find_instances(maps, image_size, self.instance_config, self.thing_classes)
 
     def __call__(self, image, return_probs: bool = False) -> Prediction:
         """Predict one image: a path, a PIL image or an (H, W, 3) uint8 RGB array."""

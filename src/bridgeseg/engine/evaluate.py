@@ -31,7 +31,7 @@ from .scorers import CityscapesScorer, ImageOutcome, InstanceScorer, PanopticSco
 
 
 def _outcome(predictor: Predictor | None, batch: dict, device, oracle: str | None, num_classes: int,
-             instance_config: InstanceConfig | None) -> ImageOutcome:
+             instance_config: InstanceConfig | None, thing_classes: tuple[int, ...] | None) -> ImageOutcome:
     """One batch (one image) through the maps, the oracle and the grouping."""
     semantic = batch["semantic"][0].to(device)
     instance = batch["instance"][0].to(device) if "instance" in batch else None
@@ -44,10 +44,10 @@ def _outcome(predictor: Predictor | None, batch: dict, device, oracle: str | Non
                          "(ground-truth class maps) to score its instances")
     found = None
     if instance_config is not None:
-        if maps.transforms is None:
+        if maps.transforms is None and instance_config.method == "grouping":
             raise ValueError("instance evaluation needs a model with a localization head (model.arch joint or "
-                             "separate), or --oracle localization / both")
-        found = find_instances(maps, tuple(semantic.shape), instance_config)
+                             "separate), or --oracle localization / both, or instance.method=connected_components")
+        found = find_instances(maps, tuple(semantic.shape), instance_config, thing_classes)
     return ImageOutcome(batch["name"][0], semantic, instance, maps, found)
 
 
@@ -86,8 +86,9 @@ def evaluate_model(predictor: Predictor | None, loader, class_names: tuple[str, 
             instance evaluation.
         protocol: the mAP^r matching protocol (``eval.protocol``).
         oracle: None, ``semantic``, ``localization`` or ``both`` (see ``bridgeseg.oracle``).
-        thing_classes: the dataset's thing classes: with instances, also PQ (``bridgeseg.panoptic``,
-            segments of at least ``panoptic_min_area`` pixels).
+        thing_classes: the dataset's thing classes, the only ones grouped into instances; with
+            instances, also PQ (``bridgeseg.panoptic``, segments of at least ``panoptic_min_area``
+            pixels). None: every foreground class is a thing, and no PQ.
         instance_ids: image id -> raw Cityscapes instance ids: with instances, also the official
             Cityscapes AP.
         gallery: where each image's thumbnails and numbers go (``report.html``), or None.
@@ -98,7 +99,7 @@ def evaluate_model(predictor: Predictor | None, loader, class_names: tuple[str, 
     scorers = _scorers(class_names, instance_config, protocol, thing_classes, panoptic_min_area, instance_ids)
     device = predictor.device if predictor is not None else "cpu"
     for batch in tqdm(loader, desc=description, unit="img", disable=not progress, leave=False):
-        outcome = _outcome(predictor, batch, device, oracle, len(class_names), instance_config)
+        outcome = _outcome(predictor, batch, device, oracle, len(class_names), instance_config, thing_classes)
         stats: dict = {}
         for scorer in scorers:
             stats.update(scorer.process(outcome))

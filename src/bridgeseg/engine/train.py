@@ -228,8 +228,12 @@ def _balance(config: Config, train_set: SegmentationDataset, progress: bool):
     return sample_weights, class_weights
 
 
-def train_step(run: Run, batch: dict, lr_factor: float) -> tuple[torch.Tensor, dict[str, float]]:
+def train_step(run: Run, batch: dict, lr_factor: float, clock=None) -> tuple[torch.Tensor, dict[str, float]]:
     """One optimisation step on ``batch`` at ``lr_factor`` times the base learning rates.
+
+    Args:
+        clock: None, or a callable told the name of each phase as it ends (``targets``,
+            ``forward``, ``loss``, ``backward``, ``optimizer``): how benchmarks time the step.
 
     Returns:
         ``(loss, parts)``: the scalar loss (detached) and its named parts.
@@ -237,21 +241,28 @@ def train_step(run: Run, batch: dict, lr_factor: float) -> tuple[torch.Tensor, d
     Raises:
         FloatingPointError: the loss is not finite (nothing is updated).
     """
+    mark = clock or (lambda phase: None)
     for group in run.optimizer.param_groups:
         group["lr"] = group["initial_lr"] * lr_factor
     images = batch["image"].to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
-    targets = {key: batch[key].to(run.device, non_blocking=True) for key in ("semantic", "instance") if key in batch}
+    labels = {key: batch[key].to(run.device, non_blocking=True) for key in ("semantic", "instance") if key in batch}
+    targets = run.criterion.targets(labels)
+    mark("targets")
     with autocast(run.device, run.config.train.amp):
         outputs = run.network(images)
+    mark("forward")
     loss, parts = run.criterion(outputs, targets, run.step)
+    mark("loss")
     if not math.isfinite(loss.item()):
         raise FloatingPointError(
             f"the loss became {loss.item()} at step {run.step} (parts {parts}); lower train.lr (or use train.amp=off "
             "/ bf16) or check the data")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    mark("backward")
     run.scaler.step(run.optimizer)
     run.scaler.update()
+    mark("optimizer")
     run.step += 1
     return loss.detach(), parts
 
@@ -262,7 +273,8 @@ def save(run: Run, path: Path, elapsed: float) -> Path | None:
         return None
     save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                      "scaler": run.scaler.state_dict(), "step": run.step, "elapsed": elapsed,
-                     "config": run.config.to_dict(), "class_names": list(run.class_names), "rng": rng_state()}, path)
+                     "config": run.config.to_dict(), "class_names": list(run.class_names),
+                     "thing_classes": list(run.train_set.thing_classes), "rng": rng_state()}, path)
     if path == run.last_path:
         run.saved_step = run.step
     return path
@@ -291,7 +303,7 @@ def evaluate_run(run: Run, limit: int, progress: bool) -> dict:
     config = run.config
     loader = evaluation_loader(config.data, run.val_set, limit=limit, workers=0,
                                shard=(run.rank.rank, run.rank.world_size))
-    predictor = Predictor(run.model, run.class_names, config, run.device)
+    predictor = Predictor(run.model, run.class_names, config, run.device, thing_classes=run.val_set.thing_classes)
     heads = run.model.heads
     # a localization network alone is scored on ground-truth class maps (the paper's pilot setting)
     oracle = None if "semantic" in heads else "semantic"
@@ -299,7 +311,8 @@ def evaluate_run(run: Run, limit: int, progress: bool) -> dict:
         metrics = evaluate_model(predictor, loader, run.class_names,
                                  config.instance if "localization" in heads else None, config.eval.protocol,
                                  oracle=oracle, progress=progress and run.rank.is_main,
-                                 description=f"evaluating at step {run.step}")
+                                 description=f"evaluating at step {run.step}", thing_classes=predictor.thing_classes,
+                                 panoptic_min_area=config.eval.panoptic_min_area)
     set_train_mode(run.model, config.model.freeze_bn)
     return metrics
 

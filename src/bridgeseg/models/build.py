@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,11 +50,26 @@ def build_model(config: ModelConfig, num_classes: int, load_weights: bool = True
     return SeparateNetworks({name: _build_fcrn(config, num_classes, (name,), load_weights) for name in heads})
 
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
-    """The network of a training checkpoint, rebuilt from the config it was trained with.
+@dataclass
+class TrainedModel:
+    """A network rebuilt from a training checkpoint.
 
-    Returns:
-        ``(model in eval mode on device, class_names, config)``; the config is the training run's.
+    Attributes:
+        model: the network, in eval mode.
+        class_names: C names, background first.
+        config: the training run's config.
+        thing_classes: the classes that have instances (the dataset's; every foreground class for
+            checkpoints that do not say).
+    """
+
+    model: FCRN | SeparateNetworks
+    class_names: tuple[str, ...]
+    config: Config
+    thing_classes: tuple[int, ...]
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """The network of a training checkpoint, rebuilt from the config it was trained with.
 
     Raises:
         FileNotFoundError / ValueError naming the file when it is missing, unsafe, corrupt or not
@@ -68,7 +84,8 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
     class_names = tuple(state["class_names"])
     model = build_model(config.model, len(class_names), load_weights=False)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), class_names, config
+    things = tuple(int(c) for c in state.get("thing_classes", range(1, len(class_names))))
+    return TrainedModel(model.to(device).eval(), class_names, config, things)
 
 
 def heads_of(config: ModelConfig) -> tuple[str, ...]:
@@ -76,7 +93,7 @@ def heads_of(config: ModelConfig) -> tuple[str, ...]:
     return ARCHITECTURES[config.arch][0]
 
 
-def load_trained_models(paths, device: str | torch.device = "cpu"):
+def load_trained_models(paths, device: str | torch.device = "cpu") -> TrainedModel:
     """One network from one checkpoint, or from a semantic and a localization checkpoint trained apart
     (the paper trains the two networks separately) combined into one ``SeparateNetworks``.
 
@@ -84,8 +101,8 @@ def load_trained_models(paths, device: str | torch.device = "cpu"):
         paths: a checkpoint path, or a sequence of one or two.
 
     Returns:
-        ``(model in eval mode on device, class_names, config)``; for two checkpoints the config is
-        the first's with ``model.arch`` = ``separate``.
+        The ``TrainedModel``; for two checkpoints the config is the first's with ``model.arch`` =
+        ``separate``.
 
     Raises:
         ValueError naming the files when the two do not fit together: the same head twice,
@@ -97,20 +114,20 @@ def load_trained_models(paths, device: str | torch.device = "cpu"):
     loaded = [load_trained_model(path, device) for path in paths]
     if len(loaded) == 1:
         return loaded[0]
-    (first, names, config), (second, other_names, other) = loaded
+    first, second = loaded
     problems = []
-    if set(first.heads) & set(second.heads):
-        problems.append(f"both produce {sorted(set(first.heads) & set(second.heads))}")
-    if tuple(names) != tuple(other_names):
-        problems.append(f"classes {list(names)} vs {list(other_names)}")
-    if first.output_stride != second.output_stride:
-        problems.append(f"output stride {first.output_stride} vs {second.output_stride}")
-    if (config.data.mean, config.data.std) != (other.data.mean, other.data.std):
+    if set(first.model.heads) & set(second.model.heads):
+        problems.append(f"both produce {sorted(set(first.model.heads) & set(second.model.heads))}")
+    if first.class_names != second.class_names:
+        problems.append(f"classes {list(first.class_names)} vs {list(second.class_names)}")
+    if first.model.output_stride != second.model.output_stride:
+        problems.append(f"output stride {first.model.output_stride} vs {second.model.output_stride}")
+    if (first.config.data.mean, first.config.data.std) != (second.config.data.mean, second.config.data.std):
         problems.append("different data.mean / data.std")
     if problems:
         raise ValueError(f"checkpoints {paths[0]} and {paths[1]} cannot be combined: {'; '.join(problems)}; combine a "
                          "semantic checkpoint with a localization one trained on the same classes")
-    networks = {"semantic": first, "localization": second} if "semantic" in first.heads else \
-        {"semantic": second, "localization": first}
-    combined = SeparateNetworks(networks).to(device).eval()
-    return combined, names, config.replace(**{"model.arch": "separate"})
+    semantic, localization = (first, second) if "semantic" in first.model.heads else (second, first)
+    combined = SeparateNetworks({"semantic": semantic.model, "localization": localization.model}).to(device).eval()
+    return TrainedModel(combined, first.class_names, first.config.replace(**{"model.arch": "separate"}),
+                        localization.thing_classes)
