@@ -178,3 +178,11 @@ def test_option_lists_come_from_the_modules_that_implement_them():
         assert load_config(None, [f"model.depth={depth}"]).model.depth == depth
     with pytest.raises(ConfigError, match=re.escape(f"choose one of {list(DATASETS)}")):
         load_config(None, ["data.dataset=kitti"])
+
+
+def test_words_that_yaml_1_1_calls_booleans_stay_words(tmp_path):
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    assert load_config(write(tmp_path, "train:\n  amp: off\n")).train.amp == "off"
+    assert load_config(None, ["data.flip=false"]).data.flip is False
+    with pytest.raises(ConfigError, match="data.flip must be bool"):
+        load_config(None, ["data.flip=no"])

@@ -134,3 +134,47 @@ def test_instances_from_maps():
     assert labels.tolist() == [2, 2, 1]
     assert masks.sum(dim=(1, 2)).tolist() == [22, 9, 4]
     assert void.sum() == 1 and void[9, 0]
+
+
+def _reference_targets(instances, semantic, num_classes, stride, weighting):
+    """Box targets by plain loops over the instances of each image (an independent computation)."""
+    n, height, width = instances.shape
+    h, w = -(-height // stride), -(-width // stride)
+    transforms, boxes = torch.zeros(n, 4, h, w), torch.zeros(n, 4, h, w)
+    classes, weights = torch.zeros(n, h, w, dtype=torch.long), torch.zeros(n, h, w)
+    for image in range(n):
+        ids, sem = instances[image], semantic[image]
+        valid = (ids > 0) & (ids != 255) & (sem > 0) & (sem < num_classes)
+        for instance in ids[valid].unique().tolist():
+            mask = valid & (ids == instance)
+            rows, cols = mask.nonzero(as_tuple=True)
+            x0, y0, x1, y1 = cols.min() - 0.5, rows.min() - 0.5, cols.max() + 0.5, rows.max() + 0.5
+            label = int(torch.bincount(sem[mask], minlength=num_classes).argmax())
+            area = float(mask.sum())
+            weight = {"equal": 1 / area, "box": 1 / float((x1 - x0) * (y1 - y0)), "none": 1.0}[weighting]
+            for i, j in mask[::stride, ::stride].nonzero().tolist():
+                y, x = i * stride, j * stride
+                bh, bw = float(y1 - y0), float(x1 - x0)
+                transforms[image, :, i, j] = torch.tensor([((y0 + y1) / 2 - y) / bh, ((x0 + x1) / 2 - x) / bw,
+                                                           math.log(bh / SIZE_REFERENCE), math.log(bw / SIZE_REFERENCE)])
+                boxes[image, :, i, j] = torch.tensor([float(x0), float(y0), float(x1), float(y1)])
+                classes[image, i, j], weights[image, i, j] = label, weight
+    return transforms, boxes, classes, weights
+
+
+@pytest.mark.parametrize("stride, weighting", [(1, "equal"), (8, "box"), (4, "none")])
+def test_vectorised_targets_equal_a_loop_over_instances(synthetic_root, stride, weighting):
+    from bridgeseg.config import DataConfig
+    from bridgeseg.data.loading import TrainingSamples
+    from bridgeseg.data.voc import VOCSegmentation
+
+    dataset = VOCSegmentation(synthetic_root, "train", with_instances=True)
+    samples = TrainingSamples(dataset, DataConfig(root=str(synthetic_root), crop_size=48, copy_paste=1.0), seed=3)
+    batch = [samples[(i, i)] for i in range(4)]
+    instances, semantic = torch.stack([b["instance"] for b in batch]), torch.stack([b["semantic"] for b in batch])
+    found = box_targets(instances, semantic, 6, stride, weighting)
+    expected = _reference_targets(instances, semantic, 6, stride, weighting)
+    assert int((expected[2] > 0).sum()) >= 20  # the batch has targets to compare
+    for got, want in zip((found.transforms, found.boxes, found.classes, found.weights), expected):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-5, atol=1e-6)

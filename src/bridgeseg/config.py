@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,6 +316,18 @@ def config_from_dict(raw: dict[str, Any] | None, migrate: bool = False) -> Confi
     return Config(**{section: _section(section, values) for section, values in raw.items()})
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML whose booleans are YAML 1.2's, true and false: ``off``, ``on``, ``yes`` and ``no`` stay
+    words, so ``train.amp=off`` means the mode "off" (YAML 1.1 would read it as False)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.lr=0.01"`` -> ``("train.lr", 0.01)``; values are read as YAML (numbers, true, null, [1, 2])."""
     if "=" not in text:
@@ -323,7 +336,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     _split_key(key)
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = yaml.load(value, Loader=_Loader) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     return key, parsed
@@ -336,7 +349,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist (the configs shipped with bridgeseg are in "
                           f"{packaged_config_dir()})")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if raw is None:

@@ -35,8 +35,9 @@ class BoxTargets:
     """Per-pixel localization targets of a batch, sampled on the output grid.
 
     Attributes:
-        transforms: (N, 4, h, w) float, ``TRANSFORM_CHANNELS`` of each pixel's own instance.
-        boxes: (N, 4, h, w) float, that instance's box (x0, y0, x1, y1).
+        transforms: (N, 4, h, w) float, ``TRANSFORM_CHANNELS`` of each pixel's own instance (0 where
+            ``classes`` is 0).
+        boxes: (N, 4, h, w) float, that instance's box (x0, y0, x1, y1); 0 where ``classes`` is 0.
         classes: (N, h, w) long, the instance's class 1..C-1; 0 where a pixel has no target
             (background, void, or no instance).
         weights: (N, h, w) float, the pixel's loss weight (0 where ``classes`` is 0).
@@ -67,15 +68,15 @@ def instance_statistics(instances: torch.Tensor, semantic: torch.Tensor, num_cla
     device = instances.device
     valid = (instances > 0) & (instances != ignore_index) & (semantic > 0) & (semantic < num_classes)
     inverse = torch.full_like(instances, -1)
-    if not bool(valid.any()):
+    positions = valid.reshape(-1).nonzero().squeeze(1)  # the instance pixels, in raster order over the batch
+    if not len(positions):
         empty = torch.zeros(0, device=device)
         return inverse, empty.view(0, 4), empty.long(), empty
-    image_index = torch.arange(n, device=device).view(n, 1, 1).expand_as(instances)
-    key = (image_index * (int(instances.max()) + 1) + instances)[valid]
+    image, within = torch.div(positions, height * width, rounding_mode="floor"), positions % (height * width)
+    rows, cols = torch.div(within, width, rounding_mode="floor"), within % width
+    key = image * (int(instances.max()) + 1) + instances.reshape(-1).index_select(0, positions)
     unique_keys, flat_inverse = torch.unique(key, return_inverse=True)
     count = len(unique_keys)
-    rows = torch.arange(height, device=device).view(1, height, 1).expand_as(instances)[valid]
-    cols = torch.arange(width, device=device).view(1, 1, width).expand_as(instances)[valid]
 
     def reduce(values: torch.Tensor, how: str) -> torch.Tensor:
         start = torch.zeros(count, dtype=values.dtype, device=device)
@@ -84,11 +85,11 @@ def instance_statistics(instances: torch.Tensor, semantic: torch.Tensor, num_cla
     boxes = torch.stack([reduce(cols, "amin"), reduce(rows, "amin"), reduce(cols, "amax"), reduce(rows, "amax")],
                         dim=1).float()
     boxes += torch.tensor([-0.5, -0.5, 0.5, 0.5], device=device)
-    areas = torch.zeros(count, device=device).index_add_(0, flat_inverse, torch.ones_like(key, dtype=torch.float))
-    class_votes = torch.zeros(count * num_classes, device=device)
-    class_votes.index_add_(0, flat_inverse * num_classes + semantic[valid], torch.ones_like(key, dtype=torch.float))
+    areas = torch.bincount(flat_inverse, minlength=count).float()
+    class_votes = torch.bincount(flat_inverse * num_classes + semantic.reshape(-1).index_select(0, positions),
+                                 minlength=count * num_classes)
     classes = class_votes.view(count, num_classes).argmax(dim=1)
-    inverse[valid] = flat_inverse
+    inverse.view(-1).index_copy_(0, positions, flat_inverse)
     return inverse, boxes, classes, areas
 
 
@@ -175,21 +176,25 @@ def box_targets(instances: torch.Tensor, semantic: torch.Tensor, num_classes: in
     sampled = inverse[:, ::stride, ::stride]
     n, h, w = sampled.shape
     device = instances.device
-    if len(boxes) == 0:
-        zeros = torch.zeros(n, 4, h, w, device=device)
-        return BoxTargets(zeros, zeros.clone(), torch.zeros(n, h, w, dtype=torch.long, device=device),
-                          torch.zeros(n, h, w, device=device))
-    weights = instance_weights(boxes, areas, weighting)
-    has_target = sampled >= 0
-    index = sampled.clamp(min=0)
-    pixel_boxes = boxes[index]  # (n, h, w, 4)
-    ys = (torch.arange(h, device=device, dtype=torch.float) * stride).view(1, h, 1).expand(n, h, w)
-    xs = (torch.arange(w, device=device, dtype=torch.float) * stride).view(1, 1, w).expand(n, h, w)
-    transforms = torch.where(has_target.unsqueeze(-1), encode_boxes(pixel_boxes, ys, xs), 0.0)
-    return BoxTargets(transforms=transforms.permute(0, 3, 1, 2).contiguous(),
-                      boxes=pixel_boxes.permute(0, 3, 1, 2).contiguous(),
-                      classes=torch.where(has_target, classes[index], 0),
-                      weights=torch.where(has_target, weights[index], 0.0))
+    out_transforms = torch.zeros(4, n * h * w, device=device)
+    out_boxes = torch.zeros(4, n * h * w, device=device)
+    out_classes = torch.zeros(n * h * w, dtype=torch.long, device=device)
+    out_weights = torch.zeros(n * h * w, device=device)
+    flat = sampled.reshape(-1)
+    where = (flat >= 0).nonzero().squeeze(1)  # only the pixels with a target are computed
+    if len(where):
+        owner = flat.index_select(0, where)
+        within = where % (h * w)
+        ys = (torch.div(within, w, rounding_mode="floor") * stride).float()
+        xs = (within % w * stride).float()
+        pixel_boxes = boxes.index_select(0, owner)
+        out_transforms.index_copy_(1, where, encode_boxes(pixel_boxes, ys, xs).T)
+        out_boxes.index_copy_(1, where, pixel_boxes.T)
+        out_classes.index_copy_(0, where, classes.index_select(0, owner))
+        out_weights.index_copy_(0, where, instance_weights(boxes, areas, weighting).index_select(0, owner))
+    return BoxTargets(transforms=out_transforms.view(4, n, h, w).transpose(0, 1),
+                      boxes=out_boxes.view(4, n, h, w).transpose(0, 1),
+                      classes=out_classes.view(n, h, w), weights=out_weights.view(n, h, w))
 
 
 def class_transforms(transforms: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
