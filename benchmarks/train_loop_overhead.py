@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from bridgeseg.config import load_config, resolve_config_path
-from bridgeseg.data.loading import training_loader
+from bridgeseg.data.loading import loader_workers, training_loader
 from bridgeseg.data.synthetic import SceneSpec, generate_dataset
 from bridgeseg.engine.train import autocast, setup, train_step
 from bridgeseg.geometry import resize_to_input
@@ -79,7 +79,7 @@ def recipe_config(args: argparse.Namespace, root: Path):
 def ours(config, out: Path, device: torch.device):
     """A step function of the real training loop over the real loader, its clock, and the run."""
     run = setup(config, out, resume=False)
-    loader = iter(training_loader(config, run.train_set, start_step=0))
+    loader = iter(training_loader(config, run.train_set, start_step=0, device_type=device.type))
     clock = Clock(device)
 
     def step() -> None:
@@ -148,7 +148,8 @@ def report(config, seconds: dict, clocks: dict, steps_done: int, device, flops: 
     batch = config.train.batch_size
     print(f"device: {describe_device(device)}; {config.model.arch} ResNet-{config.model.depth} width "
           f"{config.model.width}, OS {config.model.output_stride}, batch {batch} x {config.data.crop_size}^2 crops, "
-          f"amp {config.train.amp}, {config.data.workers} loader worker(s)")
+          f"amp {config.train.amp}, {loader_workers(config.data.workers, device.type)} loader worker(s) "
+          f"(data.workers {config.data.workers}), sample cache {config.data.cache_mb} MB")
     for name in ("ours", "bare"):
         line = f"  {name:>5}: {1 / seconds[name]:7.2f} steps/s ({seconds[name] * 1000:7.1f} ms, {batch / seconds[name]:7.1f} img/s)"
         if flops and peak:

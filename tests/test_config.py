@@ -186,3 +186,22 @@ def test_words_that_yaml_1_1_calls_booleans_stay_words(tmp_path):
     assert load_config(None, ["data.flip=false"]).data.flip is False
     with pytest.raises(ConfigError, match="data.flip must be bool"):
         load_config(None, ["data.flip=no"])
+
+
+def test_loader_workers_a_number_or_auto(monkeypatch):
+    from bridgeseg.data.loading import loader_workers
+
+    assert load_config(None, ["data.workers=3"]).data.workers == 3
+    assert load_config(None, []).data.workers == "auto"
+    with pytest.raises(ConfigError, match="data.workers = 'many' is not valid"):
+        load_config(None, ["data.workers=many"])
+    with pytest.raises(ConfigError, match="data.workers"):
+        load_config(None, ["data.workers=-1"])
+    with pytest.raises(ConfigError, match="data.workers must be int or str"):
+        load_config(None, ["data.workers=[1]"])
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(2)))
+    assert loader_workers("auto", "cpu") == 0 and loader_workers("auto", "cuda") == 1 and loader_workers(5, "cpu") == 5
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(32)))
+    assert loader_workers("auto", "cpu") == 4 and loader_workers("auto", "cuda") == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun: 8 processes share the 32 cores
+    assert loader_workers("auto", "cuda") == 3

@@ -9,9 +9,9 @@ from PIL import Image
 
 from bridgeseg.config import DataConfig
 from bridgeseg.data.io import read_image, read_label, voc_palette, write_label
-from bridgeseg.data.loading import StepSampler, TrainingSamples
+from bridgeseg.data.loading import SampleCache, StepSampler, TrainingSamples
 from bridgeseg.data.synthetic import CLASS_NAMES, SceneSpec, render_scene
-from bridgeseg.data.augment import TrainAugmentation, to_tensors
+from bridgeseg.data.augment import TrainAugmentation, normalize, to_tensors
 from bridgeseg.data.voc import VOC_CLASSES, VOCSegmentation
 
 from conftest import shared_fixture
@@ -110,12 +110,50 @@ def test_augmentation_pads_with_mean_and_void_and_keeps_pairs_aligned():
         assert np.array_equal(out["semantic"], out["instance"])
 
 
-def test_to_tensors_normalises():
+def test_to_tensors_keeps_pixels_and_normalize_normalises():
     sample = {"image": np.full((2, 3, 3), 255, np.uint8), "semantic": np.zeros((2, 3), np.int64)}
-    tensors = to_tensors(sample, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    assert tensors["image"].shape == (3, 2, 3)
-    torch.testing.assert_close(tensors["image"], torch.full((3, 2, 3), 2.0))
+    sample["image"][0, 0] = (0, 51, 102)
+    tensors = to_tensors(sample)
+    assert tensors["image"].shape == (3, 2, 3) and tensors["image"].dtype == torch.uint8
+    assert tensors["image"][:, 0, 0].tolist() == [0, 51, 102]
     assert tensors["semantic"].dtype == torch.long
+    images = normalize(tensors["image"][None], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    expected = torch.full((1, 3, 2, 3), 2.0)  # (1 - 0.5) / 0.25
+    expected[0, :, 0, 0] = torch.tensor([-2.0, (0.2 - 0.5) / 0.25, (0.4 - 0.5) / 0.25])
+    torch.testing.assert_close(images, expected)
+
+
+def test_cached_samples_are_the_samples_read_from_disk(synthetic_root):
+    dataset = VOCSegmentation(synthetic_root, "train", with_instances=True)
+    uncached = TrainingSamples(dataset, DataConfig(root=str(synthetic_root), crop_size=40, copy_paste=0.5, cache_mb=0),
+                               seed=7)
+    cached = TrainingSamples(dataset, DataConfig(root=str(synthetic_root), crop_size=40, copy_paste=0.5), seed=7)
+    assert cached.config.cache_mb > 0
+    keys = [(index, position) for position, index in enumerate([2, 5, 2, 2, 5, 7, 7])]
+    for key in keys:  # the 2nd read of an image comes from the cache
+        a, c = uncached[key], cached[key]
+        for name in ("image", "semantic", "instance"):
+            assert torch.equal(a[name], c[name]), (key, name)
+        assert c["image"].dtype == torch.uint8
+    assert 2 in cached.cache.samples and 5 in cached.cache.samples and not uncached.cache.samples
+    stored = cached.cache.samples[2]
+    assert stored["semantic"].dtype == np.uint8 and not stored["image"].flags.writeable
+    assert cached.cache.get(2)["semantic"].dtype == np.int64
+    with pytest.raises(ValueError):  # the cache cannot be changed through a sample
+        cached.cache.get(2)["image"][0, 0] = 0
+
+
+def test_sample_cache_keeps_to_its_budget():
+    cache = SampleCache(budget_mb=1)
+    sample = {"image": np.zeros((300, 300, 3), np.uint8), "semantic": np.zeros((300, 300), np.int64), "name": "a"}
+    for index in range(10):
+        cache.put(index, sample)
+    assert len(cache.samples) == 2  # 360,000 bytes each (labels as uint8): a third would pass 1,048,576
+    assert cache.used <= 2**20
+    big = {"image": np.zeros((10, 10, 3), np.uint8), "instance": np.full((10, 10), 70000, np.int64), "name": "b"}
+    cache = SampleCache(budget_mb=1)
+    cache.put(0, big)
+    assert cache.samples[0]["instance"].dtype == np.int32 and cache.get(0)["instance"].max() == 70000
 
 
 def test_step_sampler_is_a_function_of_seed_and_step():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -53,3 +55,32 @@ def test_poly_factor():
     assert poly_factor(0.5, 0.9) == pytest.approx(0.5 ** 0.9)
     assert poly_factor(1.0, 0.9) == 0.0
     assert poly_factor(1.2, 0.9) == 0.0  # past the end (a time limit overshot): stays at zero
+
+
+def test_a_batch_gives_the_loss_it_gave_before_the_loader_was_made_faster(synthetic_root, tmp_path):
+    """The loader hands over uint8 images (normalised on the device) and keeps decoded samples in
+    memory; the loss of a batch must be what the float images of the old loader, read from disk
+    every time, give: to float tolerance, for a batch whose images come from the cache."""
+    from bridgeseg.config import load_config, resolve_config_path
+    from bridgeseg.data.loading import StepSampler, TrainingSamples, training_loader
+    from bridgeseg.engine.train import setup, train_step
+
+    settings = [f"data.root={synthetic_root}", "data.crop_size=48", "train.batch_size=3", "train.iterations=40",
+                "train.time_limit_minutes=0", "train.checkpoint_every=0", "data.copy_paste=0.5"]
+    config = load_config(resolve_config_path("demo"), settings)
+    run = setup(config, tmp_path / "run", resume=False)
+    loader = iter(training_loader(config, run.train_set, start_step=0))
+    batches = [next(loader) for _ in range(len(run.train_set) // 3 + 2)]  # an epoch and more: cached reads
+    batch = batches[-1]
+    assert batch["image"].dtype == torch.uint8
+    disk = TrainingSamples(run.train_set, dataclasses.replace(config.data, cache_mb=0), config.train.seed)
+    keys = StepSampler(len(run.train_set), 3, config.train.seed, 0, 40).batch(len(batches) - 1)
+    samples = [disk[key] for key in keys]
+    images = torch.stack([sample["image"] for sample in samples]).float() / 255
+    mean, std = torch.tensor(config.data.mean).view(1, 3, 1, 1), torch.tensor(config.data.std).view(1, 3, 1, 1)
+    labels = {key: torch.stack([sample[key] for sample in samples]) for key in ("semantic", "instance")}
+    for key in labels:
+        assert torch.equal(labels[key], batch[key])
+    expected, _ = run.criterion(run.network((images - mean) / std), run.criterion.targets(labels), run.step)
+    loss, _ = train_step(run, batch, 1.0)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)

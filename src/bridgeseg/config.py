@@ -91,7 +91,11 @@ class DataConfig:
     contrast, saturation (x [1 - s, 1 + s]) and hue; ``copy_paste`` p > 0: with probability p a crop
     gets objects of another training crop pasted in (``data.augment.paste_objects``).
     ``repeat_threshold`` t > 0: repeat factor sampling, images of classes present in fewer than a
-    fraction t of the training images come round more often (``data.balance``)."""
+    fraction t of the training images come round more often (``data.balance``). ``workers``: loader
+    processes, or ``auto`` (``data.loading.loader_workers``: none for CPU training below 8 cores,
+    where a worker only takes a core from the network, up to 8 beside a GPU). ``cache_mb``: decoded
+    training samples are kept in memory up to this many MB per loader process (a small dataset is
+    read from disk once), 0 to read every sample from disk each time."""
 
     dataset: str = setting("voc", choices=DATASETS)
     root: str = setting("data/VOCdevkit/VOC2012")
@@ -107,11 +111,15 @@ class DataConfig:
     repeat_threshold: float = setting(0.0, minimum=0.0, maximum=1.0)
     mean: tuple[float, float, float] = setting((0.485, 0.456, 0.406))
     std: tuple[float, float, float] = setting((0.229, 0.224, 0.225), above=0.0)
-    workers: int = setting(2, minimum=0)
+    workers: int | str = setting("auto", minimum=0)
+    cache_mb: int = setting(2048, minimum=0)
     skip_bad: bool = setting(False)
 
     def __post_init__(self) -> None:
         check_section(self, "data")
+        if isinstance(self.workers, str) and self.workers != "auto":
+            raise ConfigError(f"data.workers = {self.workers!r} is not valid: give a number of loader processes or "
+                              "'auto'", "data.workers")
         if self.scale_min > self.scale_max:
             raise ConfigError(f"data.scale_min ({self.scale_min}) must not exceed data.scale_max ({self.scale_max})",
                               "data.scale_min", "data.scale_max")

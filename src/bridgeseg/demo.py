@@ -64,7 +64,8 @@ def evaluate_for_report(predictor: Predictor, config, out_dir: Path, progress: b
     """The validation split through ``evaluate_model`` with every metric and a gallery in ``out_dir``."""
     dataset = build_dataset(config.data, config.data.validation_split, with_instances=True)
     gallery = Gallery(out_dir)
-    metrics = evaluate_model(predictor, evaluation_loader(config.data, dataset), predictor.class_names,
+    metrics = evaluate_model(predictor, evaluation_loader(config.data, dataset, device_type=predictor.device.type),
+                             predictor.class_names,
                              predictor.instance_config, config.eval.protocol, progress=progress,
                              thing_classes=dataset.thing_classes, panoptic_min_area=config.eval.panoptic_min_area,
                              gallery=gallery)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.augment import to_tensors
+from .data.augment import normalize, to_tensors
 from .files import check_output_file, writing
 from .models.build import load_trained_model
 from .predictor import load_image
@@ -107,7 +107,7 @@ def _check_input(image, config) -> torch.Tensor:
         return image.detach().float().cpu()
     if isinstance(image, np.ndarray) and not (image.ndim == 3 and image.dtype == np.uint8):
         return torch.from_numpy(image).float()  # already normalised
-    return to_tensors({"image": load_image(image)}, config.data.mean, config.data.std)["image"].unsqueeze(0)
+    return normalize(to_tensors({"image": load_image(image)})["image"].unsqueeze(0), config.data.mean, config.data.std)
 
 
 def check_onnx(checkpoint: str | Path, path: str | Path, image: torch.Tensor | np.ndarray | None = None) -> float:

@@ -26,6 +26,7 @@ from torch import nn
 
 from .components import connected_component_instances
 from .config import Config, ConfigError, EvalConfig, InstanceConfig, parse_override
+from .data.augment import normalize
 from .data.io import image_to_rgb, read_image
 from .distributed import resolve_device
 from .geometry import upsampled_probs
@@ -172,8 +173,6 @@ class Predictor:
                              f"use 0 (whole images) or at least {self.output_stride}")
         self.instance_config = instance_config or config.instance
         self.thing_classes = tuple(range(1, len(self.class_names))) if thing_classes is None else tuple(thing_classes)
-        self._mean = torch.tensor(config.data.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(config.data.std, device=self.device).view(1, 3, 1, 1)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str | torch.device = "auto",
@@ -195,9 +194,9 @@ class Predictor:
                    instance_config, trained.thing_classes)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) normalised float on the device (as training's ``to_tensors``)."""
-        pixels = pixels.to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        return (pixels - self._mean) / self._std
+        """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) normalised float on the device (``data.augment.normalize``,
+        as training batches)."""
+        return normalize(pixels.to(self.device).permute(0, 3, 1, 2), self.config.data.mean, self.config.data.std)
 
     def to_tensor(self, array: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB array -> (1, 3, H, W) normalised float on the device."""

@@ -94,7 +94,18 @@ def coerce(dotted: str, value: Any, annotation: Any) -> Any:
         if value is None and type(None) in options:
             return None
         inner = [option for option in options if option is not type(None)]
-        return coerce(dotted, value, inner[0])
+        for option in inner[:-1]:  # e.g. ``int | str``: a number, else a word
+            try:
+                return coerce(dotted, value, option)
+            except ConfigError:
+                pass
+        try:
+            return coerce(dotted, value, inner[-1])
+        except ConfigError:
+            if len(inner) == 1:
+                raise
+            names = " or ".join(_type_name(option) for option in inner)
+            raise ConfigError(f"{dotted} must be {names}, got {value!r}", dotted) from None
     if origin is tuple and typing.get_args(annotation)[-1] is Ellipsis:
         item_type = typing.get_args(annotation)[0]
         if isinstance(value, (int, float)) and not isinstance(value, bool):

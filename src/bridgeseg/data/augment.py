@@ -158,11 +158,22 @@ class TrainAugmentation:
         return sample
 
 
-def to_tensors(sample: dict, mean: tuple[float, float, float], std: tuple[float, float, float]) -> dict:
-    """image -> (3, H, W) float normalised; label maps -> (H, W) int64 tensors; other keys kept."""
+def to_tensors(sample: dict) -> dict:
+    """image -> (3, H, W) uint8 tensor (``normalize`` makes it the network's input, on the device,
+    a batch at a time); label maps -> (H, W) int64 tensors; other keys kept."""
     out = dict(sample)
-    image = torch.from_numpy(np.array(sample["image"], dtype=np.float32)).permute(2, 0, 1).div_(255)
-    out["image"] = (image - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    out["image"] = torch.from_numpy(np.ascontiguousarray(np.asarray(sample["image"], dtype=np.uint8).transpose(2, 0, 1)))
     for key in _labels(sample):
         out[key] = torch.from_numpy(np.array(sample[key], dtype=np.int64))
     return out
+
+
+def normalize(pixels: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]) -> torch.Tensor:
+    """(N, 3, H, W) uint8 RGB -> (N, 3, H, W) float32 ``(pixels / 255 - mean) / std``, on their device.
+
+    The one place where images become network input: training batches (``engine.train``) and
+    the ``Predictor``'s images go through it alike.
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.float().div_(255) - mean_t) / std_t

@@ -8,6 +8,7 @@ run therefore sees exactly the batches it would have seen, with any number of wo
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,64 @@ def build_dataset(config: DataConfig, split: str, with_instances: bool = False) 
                         sbd_root=config.sbd_root or None)
 
 
+def loader_workers(setting: int | str, device_type: str) -> int:
+    """The loader processes for ``data.workers``: the number itself, or for ``auto`` what suits the
+    machine. On the CPU: none below 8 cores (a worker only takes a core from the network,
+    whose step costs ten times the loader's: benchmarks/train_loop_overhead.py), then one per 8
+    cores. Beside a GPU the CPU is otherwise idle: the cores of this process's share of the machine
+    (``LOCAL_WORLD_SIZE`` processes under torchrun) less one, at least 1 and at most 8."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if device_type == "cpu":
+        return share // 8
+    return max(1, min(8, share - 1))
+
+
+class SampleCache:
+    """Decoded samples (``{"image", "semantic", "instance"?, "name"}``) kept in memory up to a budget.
+
+    Label maps are stored in the smallest integer type that holds them and come back as int64;
+    stored arrays are read-only, so an augmentation that wrote into one would fail loudly
+    rather than change the data. Once the budget is spent, further samples are not kept.
+    """
+
+    def __init__(self, budget_mb: int) -> None:
+        self.budget = budget_mb * 2**20
+        self.used = 0
+        self.samples: dict[int, dict] = {}
+
+    def get(self, index: int) -> dict | None:
+        stored = self.samples.get(index)
+        if stored is None:
+            return None
+        return {key: value.astype(np.int64) if key in LABEL_KEYS else value for key, value in stored.items()}
+
+    def put(self, index: int, sample: dict) -> None:
+        if index in self.samples or self.used >= self.budget:
+            return
+        stored = {key: _compact(value) if key in LABEL_KEYS else value for key, value in sample.items()}
+        size = sum(value.nbytes for value in stored.values() if isinstance(value, np.ndarray))
+        if self.used + size > self.budget:
+            return
+        for value in stored.values():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+        self.samples[index] = stored
+        self.used += size
+
+
+def _compact(label: np.ndarray) -> np.ndarray:
+    """A copy of an integer label map in uint8, else int32, when its values fit."""
+    low, high = (int(label.min()), int(label.max())) if label.size else (0, 0)
+    for dtype in (np.uint8, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return label.astype(dtype)
+    return label.copy()
+
+
 class TrainingSamples(Dataset):
     """Augmented tensors of a dataset, indexed by ``(index, position)`` pairs from ``StepSampler``.
 
@@ -59,6 +118,7 @@ class TrainingSamples(Dataset):
         self.seed = seed
         self.augment = TrainAugmentation(config.crop_size, config.scale_min, config.scale_max, config.flip, config.mean,
                                          config.color_jitter)
+        self.cache = SampleCache(config.cache_mb)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -66,8 +126,13 @@ class TrainingSamples(Dataset):
     def _read(self, index: int) -> dict:
         for attempt in range(self.MAX_REPLACEMENTS):
             candidate = (index + attempt) % len(self.dataset)
+            cached = self.cache.get(candidate)
+            if cached is not None:
+                return cached
             try:
-                return self.dataset[candidate]
+                sample = self.dataset[candidate]
+                self.cache.put(candidate, sample)
+                return sample
             except (ValueError, OSError) as error:
                 if not self.config.skip_bad:
                     raise BadSampleError(f"{error} (set data.skip_bad=true to skip unreadable samples)") from error
@@ -82,7 +147,7 @@ class TrainingSamples(Dataset):
         if self.config.copy_paste > 0 and rng.random() < self.config.copy_paste:
             source = self.augment(self._read(int(rng.integers(len(self.dataset)))), rng)
             sample = paste_objects(sample, source, rng)
-        return to_tensors(sample, self.config.mean, self.config.std)
+        return to_tensors(sample)
 
 
 class EvaluationSamples(Dataset):
@@ -149,12 +214,14 @@ class StepSampler(Sampler):
 
 
 def training_loader(config: Config, dataset: Dataset, start_step: int, rank: int = 0, world_size: int = 1,
-                    weights: torch.Tensor | None = None) -> DataLoader:
+                    weights: torch.Tensor | None = None, device_type: str = "cpu") -> DataLoader:
     """Batches of augmented crops for steps ``start_step .. train.iterations - 1``; ``weights``: the
-    images' sampling weights (``StepSampler``), None for plain epochs."""
+    images' sampling weights (``StepSampler``), None for plain epochs; ``device_type``: where the
+    network runs (``loader_workers``). A batch: ``image`` (B, 3, H, W) uint8 (``augment.normalize``
+    makes it input), ``semantic`` and ``instance`` (B, H, W) int64."""
     sampler = StepSampler(len(dataset), config.train.batch_size, config.train.seed, start_step,
                           config.train.iterations, rank, world_size, weights)
-    workers = config.data.workers
+    workers = loader_workers(config.data.workers, device_type)
     # a private generator: creating the loader must not draw from the global RNG (exact resume)
     return DataLoader(TrainingSamples(dataset, config.data, config.train.seed), batch_sampler=sampler,
                       num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
@@ -162,13 +229,13 @@ def training_loader(config: Config, dataset: Dataset, start_step: int, rank: int
 
 
 def evaluation_loader(config: DataConfig, dataset: Dataset, limit: int = 0, workers: int | None = None,
-                      shard: tuple[int, int] = (0, 1)) -> DataLoader:
+                      shard: tuple[int, int] = (0, 1), device_type: str = "cpu") -> DataLoader:
     """One whole image per batch (images of a split may differ in size).
 
     ``shard = (rank, world_size)`` keeps every ``world_size``-th image from ``rank`` (distributed
     evaluation; the evaluators' statistics are reduced afterwards).
     """
-    workers = config.workers if workers is None else workers
+    workers = loader_workers(config.workers, device_type) if workers is None else workers
     samples = EvaluationSamples(dataset, limit)
     rank, world_size = shard
     if world_size > 1:

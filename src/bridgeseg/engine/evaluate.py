@@ -167,7 +167,8 @@ def evaluate_config(config: Config, checkpoint_path=None, oracle: str | None = N
         class_names = dataset.class_names
     else:
         check_dataset_classes(class_names, dataset.class_names, config.data.root)
-    loader = evaluation_loader(config.data, dataset, limit=config.eval.max_images)
+    device_type = predictor.device.type if predictor is not None else "cpu"
+    loader = evaluation_loader(config.data, dataset, limit=config.eval.max_images, device_type=device_type)
     instance_ids = None
     if config.data.dataset == "cityscapes" and with_instances:
         def instance_ids(name: str) -> np.ndarray:

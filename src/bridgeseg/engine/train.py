@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..checkpoint import rng_state, save_checkpoint
 from ..config import Config, TrainConfig, save_config
+from ..data.augment import normalize
 from ..data.balance import class_statistics, median_frequency_weights, repeat_factors
 from ..data.base import SegmentationDataset
 from ..data.loading import BadSampleError, build_dataset, evaluation_loader, training_loader
@@ -244,7 +245,8 @@ def train_step(run: Run, batch: dict, lr_factor: float, clock=None) -> tuple[tor
     mark = clock or (lambda phase: None)
     for group in run.optimizer.param_groups:
         group["lr"] = group["initial_lr"] * lr_factor
-    images = batch["image"].to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+    pixels = batch["image"].to(run.device, non_blocking=True)
+    images = normalize(pixels, run.config.data.mean, run.config.data.std).contiguous(memory_format=run.memory_format)
     labels = {key: batch[key].to(run.device, non_blocking=True) for key in ("semantic", "instance") if key in batch}
     targets = run.criterion.targets(labels)
     mark("targets")
@@ -362,7 +364,7 @@ def _loop(run: Run, log: MetricsLog, progress: bool) -> float:
     """Steps until the iterations or the time limit are used up; returns the training seconds."""
     tcfg = run.config.train
     loader = training_loader(run.config, run.train_set, start_step=run.step, weights=run.sample_weights, rank=run.rank.rank,
-                             world_size=run.rank.world_size)
+                             world_size=run.rank.world_size, device_type=run.device.type)
     bar = tqdm(total=tcfg.iterations, initial=run.step, desc="training", unit="it",
                disable=not (progress and run.rank.is_main), dynamic_ncols=True)
     schedule = _Schedule(tcfg, run.elapsed_before)
