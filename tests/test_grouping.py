@@ -255,7 +255,8 @@ def test_per_rank_masks_region_nms_removes_the_duplicate_pass():
     assert len(class1) == 1 and class1[0].sum() == 64
     assert result.scores[result.labels == 1].item() == pytest.approx(0.8)
     loose = group_instances(probs, transforms, 1, (height, width),
-                            InstanceConfig(top_n=2, min_score=0.2, per_rank_masks=True, region_nms_threshold=0.9))
+                            InstanceConfig(top_n=2, min_score=0.2, per_rank_masks=True, region_nms_threshold=0.9,
+                                           merge_fragments=0.0))  # the two passes stay apart
     assert (loose.labels == 1).sum() == 2
 
 

@@ -16,7 +16,7 @@ from bridgeseg.geometry import resize_to_input
 from bridgeseg.grouping import InstanceConfig, group_instances
 from bridgeseg.oracle import apply_oracle, oracle_probabilities, oracle_transforms
 from bridgeseg.predictor import find_instances
-from bridgeseg.refine import assign_pixels, fill_gaps
+from bridgeseg.refine import assign_pixels, fill_gaps, merge_fragments, pixels_in_boxes
 from bridgeseg.tta import ImageMaps
 
 
@@ -207,3 +207,71 @@ def test_only_thing_classes_are_grouped():
     for method in ("grouping", "connected_components"):
         found = find_instances(maps, tuple(semantic.shape), InstanceConfig(method=method), thing_classes=(1,))
         assert set(found.labels.tolist()) == {1}
+
+
+# ------------------------------------------------------------------------------------------------
+# Fragments of one object
+
+
+def test_pixels_in_boxes_counts_like_a_loop():
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand(5, 13, 17, generator=generator) > 0.6
+    boxes = torch.tensor([[0.0, 0.0, 17.0, 13.0], [2.4, 1.6, 9.5, 7.5], [-5.0, -5.0, 3.0, 2.0], [8.0, 8.0, 8.2, 8.2],
+                          [16.6, 12.6, 30.0, 30.0], [4.5, 3.5, 4.6, 3.6]])
+    counts = pixels_in_boxes(masks, boxes)
+    ys, xs = torch.meshgrid(torch.arange(13) + 0.5, torch.arange(17) + 0.5, indexing="ij")
+    for b, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        inside = (xs >= x1) & (xs <= x2) & (ys >= y1) & (ys <= y2)
+        for k in range(5):
+            assert counts[b, k] == (masks[k] & inside).sum(), (b, k)
+
+
+def _box_of(mask: torch.Tensor) -> list[float]:
+    ys, xs = mask.nonzero(as_tuple=True)
+    return [xs.min().item(), ys.min().item(), xs.max().item() + 1.0, ys.max().item() + 1.0]
+
+
+def test_fragments_of_one_object_join_and_distinct_objects_do_not():
+    height, width = 20, 30
+    whole = torch.zeros(height, width, dtype=torch.bool)
+    whole[2:12, 2:12] = True
+    left, right = whole.clone(), whole.clone()
+    left[:, 7:], right[:, :7] = False, False
+    neighbour = torch.zeros_like(whole)
+    neighbour[2:12, 12:22] = True  # touches the object, same class
+    small = torch.zeros_like(whole)
+    small[18:20, 0:2] = True
+    # the left piece's box is the object's; the right piece's votes over-estimate its size
+    masks = torch.stack([left, right, neighbour, small, torch.zeros_like(whole)])
+    boxes = torch.tensor([_box_of(whole), [0.0, 0.0, 14.0, 14.0], _box_of(neighbour), [0.0, 0.0, 30.0, 20.0],
+                          [0.0, 0.0, 5.0, 5.0]])
+    labels = torch.tensor([1, 1, 1, 1, 1])
+    merged, keep = merge_fragments(masks, labels, boxes, 0.8)
+    assert keep.tolist() == [True, False, True, True, False]  # right joins left; the empty mask goes
+    assert torch.equal(merged[0], whole) and torch.equal(merged[2], neighbour)
+    # the small object lies in the large box of cluster 3 only one way round: no merge either way
+    assert torch.equal(merged[3], small)
+    _, apart = merge_fragments(masks, labels, boxes, 0.0)
+    assert apart.tolist() == [True, True, True, True, False]
+    _, other_class = merge_fragments(masks, torch.tensor([1, 2, 1, 1, 1]), boxes, 0.8)
+    assert other_class[1]
+
+
+def test_grouping_joins_an_object_split_by_its_votes():
+    """One 8 x 8 object whose right part votes for a box twice too large (a noisy size estimate):
+    NMS keeps two hypotheses (IoU 0.25), the paper's grouping returns two pieces, ours one."""
+    height, width = 24, 24
+    semantic = torch.zeros(height, width, dtype=torch.long)
+    instance = torch.zeros(height, width, dtype=torch.long)
+    semantic[8:16, 8:16], instance[8:16, 8:16] = 1, 1
+    probs = torch.stack([(semantic == 0).float(), (semantic == 1).float()]) * 0.8 + 0.1
+    transforms = oracle_transforms(instance, semantic, num_classes=2, stride=1)
+    big = torch.zeros_like(instance)
+    big[4:20, 4:20] = 1  # a 16 x 16 box around the same centre
+    big_semantic = (big > 0).long()
+    wrong = oracle_transforms(big, big_semantic, num_classes=2, stride=1)
+    transforms[:, :, 12:] = wrong[:, :, 12:]
+    paper = group_instances(probs, transforms, 1, (height, width), InstanceConfig(merge_fragments=0.0))
+    ours = group_instances(probs, transforms, 1, (height, width), InstanceConfig())
+    assert len(paper) == 2
+    assert len(ours) == 1 and torch.equal(ours.masks[0], semantic == 1)

@@ -14,14 +14,17 @@ The paper's test-time pipeline, steps 3-6 (steps 1-2 are the two networks):
    hypotheses (``cluster_votes``).
 5. **Trace-back.** Every candidate joins the kept box that suppressed it: the first kept box, in
    descending score order, whose IoU with its vote exceeds the NMS threshold. The cluster is the
-   instance mask on the grid, upsampled to the image like ``bridgeseg.geometry.resize_to_input``
-   (bilinear, ``align_corners=True`` onto the (h - 1) * stride + 1 grid, edge replicate) and
-   thresholded at 0.5; its confidence is the mean class probability of its candidates.
+   instance on the grid; its confidence is the mean class probability of its candidates.
 6. **Clean-up.** Clusters smaller than ``min_cluster_size`` grid pixels are dropped, region NMS
    (mask IoU on the grid, per class, greedy by score; ``region_nms``) removes duplicate
    hypotheses, and the ``max_instances`` best are kept. The clusters of one class are disjoint,
    so region NMS matters when several candidate masks per class are grouped
    (``InstanceConfig.per_rank_masks``) or when hypotheses of several runs are merged.
+7. **Masks.** ``masks: class_map`` (default): the image pixels of the cluster's class that its grid
+   neighbourhood claims (``bridgeseg.refine``); ``grid``: the grid cluster upsampled like
+   ``bridgeseg.geometry.resize_to_input`` (bilinear, ``align_corners=True`` onto the
+   (h - 1) * stride + 1 grid, edge replicate) and thresholded at ``mask_threshold``. Then
+   fragments of one object are joined (``merge_fragments``) and empty masks dropped.
 
 The NMS steps (and their scalability: merged identical votes, chunked rounds) are in
 ``bridgeseg.nms``.
@@ -36,7 +39,7 @@ import torch
 
 from .geometry import resize_to_input
 from .nms import cluster_votes, greedy_keep
-from .refine import ImageCandidates, assign_pixels, fill_gaps
+from .refine import ImageCandidates, assign_pixels, fill_gaps, merge_fragments
 from .settings import check_section, setting
 from .targets import decode_boxes
 
@@ -118,6 +121,11 @@ class InstanceConfig:
             (top-n candidates at image resolution) that its grid cluster's neighbourhood claims
             (``bridgeseg.refine``), so it follows the class map; ``grid``: the cluster's grid
             indicator upsampled and thresholded (stride-sized octagons).
+        merge_fragments: t > 0: two clusters of one class that each have at least a fraction t
+            of their pixels inside the other's box are pieces of one object, and the lower-scoring
+            joins the higher (``refine.merge_fragments``; an object split by a noisy localization
+            map comes back whole). Default 0.8. 0: clusters stay apart, as in the paper. Instances
+            whose mask is empty are dropped either way.
         method: ``grouping`` (default, the paper's) or ``connected_components`` (the baseline: each
             8-connected region of a class in the class map is one instance, scored by its mean
             class probability; ``bridgeseg.components``).
@@ -135,6 +143,7 @@ class InstanceConfig:
     vote_quantum: float = setting(1.0 / 16, minimum=0.0)
     mask_threshold: float = setting(0.5, above=0.0, maximum=1.0)
     masks: str = setting("class_map", choices=MASK_SOURCES)
+    merge_fragments: float = setting(0.8, minimum=0.0, maximum=1.0)
     method: str = setting("grouping", choices=METHODS)
 
     def __post_init__(self) -> None:
@@ -395,4 +404,6 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
         for k, hyp in per_class.items():
             _paint_clusters(grid_masks, hyp, (labels[best] == k + 1).nonzero().squeeze(1), local_ids[best])
         masks = upsample_masks(grid_masks.view(-1, height, width), stride, image_size, settings.mask_threshold)
-    return Instances(masks=masks, labels=labels[best], scores=scores[best], boxes=boxes[best])
+    masks, keep = merge_fragments(masks, labels[best], boxes[best], settings.merge_fragments)
+    best = best[keep]
+    return Instances(masks=masks[keep], labels=labels[best], scores=scores[best], boxes=boxes[best])

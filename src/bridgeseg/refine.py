@@ -118,3 +118,71 @@ class ImageCandidates:
         if rank not in self._by_rank:
             self._by_rank[rank] = image_candidates(self.probs, self.stride, self.image_size, rank, self.min_score)
         return self._by_rank[rank][label - 1]
+
+
+def pixels_in_boxes(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """How many pixels of each mask lie in each box.
+
+    Args:
+        masks: (K, H, W) bool.
+        boxes: (B, 4) xyxy in image pixels; pixel (y, x) is inside when its centre (x + 0.5,
+            y + 0.5) is.
+
+    Returns:
+        (B, K) long: entry (b, k) counts the pixels of mask k inside box b.
+    """
+    count, height, width = masks.shape
+    integral = torch.zeros(count, height + 1, width + 1, dtype=torch.long, device=masks.device)
+    integral[:, 1:, 1:] = masks.long().cumsum(1).cumsum(2)
+    # pixel x is inside [x1, x2] when x1 <= x + 0.5 <= x2: columns ceil(x1 - 0.5) .. floor(x2 - 0.5)
+    first = torch.ceil(boxes[:, :2] - 0.5).long()
+    last = torch.floor(boxes[:, 2:] - 0.5).long() + 1
+    x1, y1 = first[:, 0].clamp(0, width), first[:, 1].clamp(0, height)
+    x2, y2 = last[:, 0].clamp(0, width), last[:, 1].clamp(0, height)
+    x2, y2 = torch.maximum(x1, x2), torch.maximum(y1, y2)
+    inside = integral[:, y2, x2] - integral[:, y1, x2] - integral[:, y2, x1] + integral[:, y1, x1]  # (K, B)
+    return inside.T
+
+
+def merge_fragments(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
+                    threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Join the fragments of one object: clusters of one class that each lie inside the other's box.
+
+    Each cluster's box is where its pixels' votes say the whole object is. When a noisy
+    localization map splits an object, the pieces' boxes all describe that object, so each piece
+    lies inside the others' boxes; two different objects, however close, each lie mostly outside
+    the other's box (and a small object inside a large one's box does not contain the large one).
+    So cluster j joins cluster i (the first such i in the order given, which is by descending
+    score) when at least ``threshold`` of j's pixels are inside i's box and at least ``threshold``
+    of i's pixels are inside j's box. Empty masks are dropped.
+
+    Args:
+        masks: (K, H, W) bool, by descending score.
+        labels: (K,) classes; only clusters of the same class merge.
+        boxes: (K, 4) xyxy the clusters' boxes in image pixels.
+        threshold: in (0, 1]; 0 merges nothing (only empty masks are dropped).
+
+    Returns:
+        ``(masks, keep)``: the (K, H, W) masks with fragments joined into their first cluster,
+        and the (K,) bool of clusters that remain.
+    """
+    areas = masks.flatten(1).sum(1)
+    keep = areas > 0
+    if threshold <= 0 or len(labels) < 2:
+        return masks, keep
+    inside = pixels_in_boxes(masks, boxes).double()  # (box i, mask j)
+    fraction = inside / areas.clamp(min=1).double()[None, :]
+    mutual = (fraction >= threshold) & (fraction.T >= threshold) & (labels[:, None] == labels[None, :])
+    mutual &= keep[:, None] & keep[None, :]
+    mutual.fill_diagonal_(False)
+    if not bool(mutual.any()):
+        return masks, keep
+    masks = masks.clone()
+    owner = list(range(len(labels)))
+    pairs = mutual.triu(1).nonzero().tolist()
+    for i, j in pairs:  # row-major: for each j, its earliest i comes first
+        if owner[j] == j and owner[i] == i:
+            owner[j] = i
+            masks[i] |= masks[j]
+            keep[j] = False
+    return masks, keep
