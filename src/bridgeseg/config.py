@@ -94,8 +94,9 @@ class DataConfig:
     fraction t of the training images come round more often (``data.balance``). ``workers``: loader
     processes, or ``auto`` (``data.loading.loader_workers``: none for CPU training below 8 cores,
     where a worker only takes a core from the network, up to 8 beside a GPU). ``cache_mb``: decoded
-    training samples are kept in memory up to this many MB per loader process (a small dataset is
-    read from disk once), 0 to read every sample from disk each time."""
+    training samples are kept in memory up to this many MB per training process, shared out among
+    its loader workers (a small dataset is read from disk once), 0 to read every sample from disk
+    each time."""
 
     dataset: str = setting("voc", choices=DATASETS)
     root: str = setting("data/VOCdevkit/VOC2012")

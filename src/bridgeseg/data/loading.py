@@ -112,13 +112,13 @@ class TrainingSamples(Dataset):
 
     MAX_REPLACEMENTS = 16
 
-    def __init__(self, dataset: Dataset, config: DataConfig, seed: int) -> None:
+    def __init__(self, dataset: Dataset, config: DataConfig, seed: int, cache_mb: int | None = None) -> None:
         self.dataset = dataset
         self.config = config
         self.seed = seed
         self.augment = TrainAugmentation(config.crop_size, config.scale_min, config.scale_max, config.flip, config.mean,
                                          config.color_jitter)
-        self.cache = SampleCache(config.cache_mb)
+        self.cache = SampleCache(config.cache_mb if cache_mb is None else cache_mb)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -222,8 +222,9 @@ def training_loader(config: Config, dataset: Dataset, start_step: int, rank: int
     sampler = StepSampler(len(dataset), config.train.batch_size, config.train.seed, start_step,
                           config.train.iterations, rank, world_size, weights)
     workers = loader_workers(config.data.workers, device_type)
+    samples = TrainingSamples(dataset, config.data, config.train.seed, cache_mb=config.data.cache_mb // max(1, workers))
     # a private generator: creating the loader must not draw from the global RNG (exact resume)
-    return DataLoader(TrainingSamples(dataset, config.data, config.train.seed), batch_sampler=sampler,
+    return DataLoader(samples, batch_sampler=sampler,
                       num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
                       prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(0))
 

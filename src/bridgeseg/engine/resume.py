@@ -6,8 +6,8 @@
 - **fixed** are the settings that the weights, the optimizer state or the order and augmentation
   of the training samples depend on: the network (``model.*``, except ``model.init``, which a
   resumed run does not read, and ``model.channels_last``, a memory layout), the training data
-  (``data.*``, except where the files lie, the validation split, ``workers`` and ``skip_bad``),
-  ``train.optimizer``, ``train.batch_size`` and ``train.seed``; and the classes
+  (``data.*``, except where the files lie, the validation split, ``workers``, ``cache_mb`` and
+  ``skip_bad``), ``train.optimizer``, ``train.batch_size`` and ``train.seed``; and the classes
   (``check_classes``). A change is refused, listing each key with both values and the two ways
   out: another ``--out``, or ``--no-resume``.
 - **taken** is everything else: a longer schedule, the learning rate, the loss, evaluation and
@@ -25,7 +25,7 @@ from ..config import Config, ConfigError, config_from_dict
 
 FIXED_SECTIONS = ("model", "data")
 CHANGEABLE = ("model.init", "model.channels_last", "data.root", "data.sbd_root", "data.val_split", "data.workers",
-              "data.skip_bad")
+              "data.cache_mb", "data.skip_bad")
 FIXED = ("train.optimizer", "train.batch_size", "train.seed")
 WAYS_OUT = ("train into another folder (--out OTHER) to keep this run, or start this one over with --no-resume "
             "(which replaces it)")
