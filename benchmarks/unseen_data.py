@@ -55,8 +55,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenes  # noqa: E402  (benchmarks/scenes.py, next to this file)
 
+from bridgeseg.components import void_filled  # noqa: E402
 from bridgeseg.data.instances import instances_from_maps  # noqa: E402
-from bridgeseg.data.io import VOID, read_label  # noqa: E402
+from bridgeseg.data.io import read_label  # noqa: E402
 from bridgeseg.evaluation.instance import InstanceEvaluator  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -181,15 +182,6 @@ def steps_reached(run_dir: Path) -> int:
 # Connected components baseline.
 
 
-def filled_with_nearest(semantic: np.ndarray) -> np.ndarray:
-    """``semantic`` with every void pixel given the class of the nearest labelled pixel."""
-    void = semantic == VOID
-    if not void.any() or void.all():
-        return semantic
-    _, (rows, cols) = scipy.ndimage.distance_transform_edt(void, return_indices=True)
-    return semantic[rows, cols]
-
-
 def connected_components(semantic: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """8-connected components of each foreground class: (masks (P, H, W), labels (P,), scores (P,)),
     each scored by its area as a fraction of the image."""
@@ -211,7 +203,7 @@ def components_map_r(data: Path, predictions: Path | None, class_names: list[str
     evaluator = InstanceEvaluator(class_names)
     for name in split_ids(data, "val"):
         semantic, gt_masks, gt_labels, void = ground_truth(data, name, len(class_names))
-        source = filled_with_nearest(semantic) if predictions is None else read_label(predictions / f"{name}.png")
+        source = void_filled(semantic) if predictions is None else read_label(predictions / f"{name}.png")
         masks, labels, scores = connected_components(source, len(class_names))
         evaluator.process(masks, labels, scores, gt_masks, gt_labels, void)
     result = evaluator.evaluate()

@@ -37,7 +37,7 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x0 - 0.5, y0 - 0.5, x1 + 0.5, y1 + 0.5], dim=1).float()
 
 
-def _void_filled(class_map: np.ndarray) -> np.ndarray:
+def void_filled(class_map: np.ndarray) -> np.ndarray:
     """The class map with every void pixel given the class of the nearest non-void pixel."""
     void = class_map == VOID
     if not void.any() or void.all():
@@ -62,7 +62,7 @@ def connected_component_instances(class_map: torch.Tensor, probs: torch.Tensor, 
         ``Instances`` on ``class_map``'s device, by descending score.
     """
     image_size = tuple(class_map.shape)
-    labels_np = _void_filled(class_map.cpu().numpy())
+    labels_np = void_filled(class_map.cpu().numpy())
     min_pixels = settings.min_cluster_size * stride * stride
     masks, labels, scores = [], [], []
     for label in [int(c) for c in np.unique(labels_np) if 0 < c < probs.shape[0] and (classes is None or c in classes)]:
