@@ -27,7 +27,7 @@ network's predicted class map (from ``predict-dataset``, so the same multi-view 
 class of the nearest labelled pixel, as in a prediction: the ceiling of that baseline). Each
 component's score is its area as a fraction of the image, so larger components rank first. And
 what the output stride leaves of perfect maps: ground-truth class scores and box transforms sampled
-every ``model.output_stride`` pixels, grouped with the config's ``instance:`` settings (cf.
+every ``model.prediction_stride`` pixels, grouped with the config's ``instance:`` settings (cf.
 ``benchmarks/output_stride_ceiling.py``). The "rarest" class is the one with the fewest instances
 in the training labels.
 
@@ -212,7 +212,7 @@ def components_map_r(data: Path, predictions: Path | None, class_names: list[str
 
 def stride_ceiling(data: Path, config_path: Path, overrides: list[str], class_names: list[str]) -> dict:
     """Mean IoU and mAP^r of ground-truth class scores and box transforms sampled on the network's
-    output grid (every ``model.output_stride`` pixels) and grouped with the run's ``instance:``
+    output grid (every ``model.prediction_stride`` pixels) and grouped with the run's ``instance:``
     settings, on the validation split: what the output stride leaves of perfect maps (as
     ``benchmarks/output_stride_ceiling.py`` measures for the demo's scenes). Not a strict upper
     bound: a network's smooth scores can place boundaries better than sampled one-hot maps."""
@@ -223,7 +223,7 @@ def stride_ceiling(data: Path, config_path: Path, overrides: list[str], class_na
     from bridgeseg.oracle import oracle_probabilities, oracle_transforms
 
     config = load_config(config_path, overrides)
-    stride, num_classes = config.model.output_stride, len(class_names)
+    stride, num_classes = config.model.prediction_stride, len(class_names)
     semantic_evaluator, instance_evaluator = SemanticEvaluator(num_classes), InstanceEvaluator(class_names)
     for name in split_ids(data, "val"):
         semantic = torch.from_numpy(read_label(data / "SegmentationClass" / f"{name}.png"))

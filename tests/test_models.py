@@ -183,3 +183,77 @@ def test_resize_to_input_geometry(size):
     cols = torch.arange(w, dtype=torch.float).view(1, 1, 1, w).expand(1, 1, h, w) * stride
     expected = torch.arange(size[1], dtype=torch.float).clamp(max=(w - 1) * stride).view(1, -1).expand(size)
     torch.testing.assert_close(resize_to_input(cols, size, stride)[0, 0], expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# The skip decoder
+
+
+@pytest.mark.parametrize("rows,cols,size", [(4, 5, (7, 9)), (4, 5, (8, 10)), (1, 3, (2, 5)), (3, 3, (6, 5))])
+def test_upsample_aligned_puts_fine_position_j_at_coarse_position_j_over_2(rows, cols, size):
+    """A map linear in the input pixel (row r of a stride-2s map sits on pixel 2 s r) must come back
+    linear in the pixel at stride s, so fine row j holds the value of pixel s j; rows past the last
+    coarse centre repeat it."""
+    from bridgeseg.models.decoder import upsample_aligned
+
+    stride = 8
+    r = torch.arange(rows, dtype=torch.float64)[:, None] * 2 * stride
+    c = torch.arange(cols, dtype=torch.float64)[None, :] * 2 * stride
+    coarse = torch.stack([r + 0 * c, 0 * r + c, 3 * r - 2 * c])[None]  # (1, 3, rows, cols), pixel coordinates
+    fine = upsample_aligned(coarse, size)
+    assert fine.shape == (1, 3, *size)
+    j = torch.arange(size[0], dtype=torch.float64).clamp(max=2 * (rows - 1))[:, None] * stride
+    k = torch.arange(size[1], dtype=torch.float64).clamp(max=2 * (cols - 1))[None, :] * stride
+    expected = torch.stack([j + 0 * k, 0 * j + k, 3 * j - 2 * k])[None]
+    torch.testing.assert_close(fine, expected)
+    with pytest.raises(ValueError, match="factor of two"):
+        upsample_aligned(coarse, (2 * rows + 1, 2 * cols))
+
+
+@pytest.mark.parametrize("output_stride,decoder_stride,skips", [(16, 8, ["layer2"]), (8, 4, ["layer1"]),
+                                                                 (16, 4, ["layer2", "layer1"]), (32, 16, ["layer3"])])
+def test_decoder_brings_the_heads_to_its_stride_from_the_right_stages(output_stride, decoder_stride, skips):
+    config = ModelConfig(arch="joint", depth=18, width=16, output_stride=output_stride, decoder_stride=decoder_stride,
+                         decoder_channels=24, kernel=3, dilation=1, init="random")
+    model = build_model(config, 4).eval()
+    assert model.output_stride == decoder_stride
+    assert [fusion.skip_name for fusion in model.decoder.fusions] == skips
+    height, width = 61, 90
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, height, width))
+    grid = (math.ceil(height / decoder_stride), math.ceil(width / decoder_stride))
+    assert out["semantic"].shape == (2, 4, *grid) and out["localization"].shape == (2, 12, *grid)
+    assert model.heads["semantic"].conv.in_channels == 24
+
+
+def test_decoder_changes_the_output_and_is_trained_as_a_new_layer():
+    """The decoder's skip must reach the output (a change to the fine stage moves it), and the
+    trainer treats it like a head: the head learning rate, and batch norms that learn under freeze_bn."""
+    from bridgeseg.engine.train import parameter_groups, set_train_mode
+
+    model = build_model(ModelConfig(arch="semantic", depth=18, width=16, output_stride=16, decoder_stride=8,
+                                    decoder_channels=16, kernel=3, dilation=1, init="random", freeze_bn=True), 3)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(x)["semantic"]
+        model.decoder.fusions[0].reduce[0].weight.mul_(2.0)
+        changed = model(x)["semantic"]
+    assert not torch.allclose(plain, changed)
+    backbone_group, new_group = parameter_groups(model, lr=1.0, head_lr_mult=10.0)
+    decoder_parameters = {id(p) for p in model.decoder.parameters()}
+    assert decoder_parameters <= {id(p) for p in new_group["params"]} and new_group["lr"] == 10.0
+    assert not decoder_parameters & {id(p) for p in backbone_group["params"]}
+    set_train_mode(model, freeze_bn=True)
+    decoder_bn = [m for m in model.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert decoder_bn and all(m.training and m.weight.requires_grad for m in decoder_bn)
+    assert all(not m.training for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_decoder_stride_must_be_below_the_output_stride():
+    from bridgeseg.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="model.decoder_stride = 8 must be below model.output_stride = 8"):
+        ModelConfig(output_stride=8, decoder_stride=8)
+    with pytest.raises(ConfigError, match="decoder_stride"):
+        ModelConfig(output_stride=16, decoder_stride=2)

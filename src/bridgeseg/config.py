@@ -28,6 +28,7 @@ from .evaluation.instance import PROTOCOLS
 from .files import write_text
 from .grouping import InstanceConfig
 from .models.backbone import DEPTHS, OUTPUT_STRIDES
+from .models.decoder import DECODER_STRIDES
 from .models.fcrn import ARCHITECTURES
 from .models.heads import HEAD_TYPES, KERNELS
 from .panoptic import DEFAULT_MIN_AREA
@@ -54,12 +55,18 @@ class ModelConfig:
     width: channels of the ResNet's first stage (64 = torchvision's; smaller, a multiple of 8,
         for CPU-scale work from random weights).
     init: ``imagenet`` (torchvision's weights, downloaded once), ``random``, or a local ``.pth`` file.
+    output_stride: the backbone's (8, 16 or 32; the paper's "hole algorithm").
+    decoder_stride: 0 (the paper's: heads on the backbone's last features), or 8 / 4: a light skip
+        decoder (``models.decoder``) brings those features to that stride first, with
+        ``decoder_channels`` channels; ``prediction_stride`` is the stride of the maps either way.
     """
 
     arch: str = setting("semantic", choices=ARCHITECTURES)
     depth: int = setting(101, choices=DEPTHS)
     width: int = setting(64, minimum=8)
     output_stride: int = setting(8, choices=OUTPUT_STRIDES)
+    decoder_stride: int = setting(0, choices=DECODER_STRIDES)
+    decoder_channels: int = setting(256, minimum=1)
     kernel: int = setting(5, choices=KERNELS)
     dilation: int = setting(12, minimum=1)
     head: str = setting("linear", choices=HEAD_TYPES)
@@ -71,6 +78,11 @@ class ModelConfig:
     freeze_bn: bool = setting(False)
     channels_last: bool = setting(False)
 
+    @property
+    def prediction_stride(self) -> int:
+        """The stride of the maps the heads produce: the decoder's, or the backbone's output stride."""
+        return self.decoder_stride or self.output_stride
+
     def __post_init__(self) -> None:
         check_section(self, "model")
         if self.width % 8:
@@ -80,6 +92,9 @@ class ModelConfig:
             raise ConfigError(f"model.width = {self.width} cannot load pretrained weights (model.init = "
                               f"{self.init!r}); pretrained ResNets have width 64: set model.init=random or "
                               "model.width=64", "model.width", "model.init")
+        if self.decoder_stride and self.decoder_stride >= self.output_stride:
+            raise ConfigError(f"model.decoder_stride = {self.decoder_stride} must be below model.output_stride = "
+                              f"{self.output_stride} (or 0: no decoder)", "model.decoder_stride")
 
 
 @dataclass(frozen=True)
@@ -238,9 +253,10 @@ class Config:
     instance: InstanceConfig = field(default_factory=InstanceConfig)
 
     def __post_init__(self) -> None:
-        if self.eval.tile_size and self.eval.tile_size < self.model.output_stride:
+        if self.eval.tile_size and self.eval.tile_size < self.model.prediction_stride:
             raise ConfigError(f"eval.tile_size ({self.eval.tile_size}) must be 0 (whole images) or at least the "
-                              f"output stride ({self.model.output_stride})", "eval.tile_size", "model.output_stride")
+                              f"stride of the maps ({self.model.prediction_stride})", "eval.tile_size",
+                              "model.output_stride")
 
     @property
     def evaluation_split(self) -> str:

@@ -89,7 +89,7 @@ def run_demo(out_dir: str | Path = "demo-output", minutes: float = MINUTES, num_
     for stale in ("metrics.jsonl", "last.pt", "final.pt"):
         (run_dir / stale).unlink(missing_ok=True)
     print(f"[2/4] training {config_path.name} ({config.model.arch}, ResNet-{config.model.depth}, "
-          f"OS {config.model.output_stride}) for at most {minutes:g} min into {run_dir}")
+          f"OS {config.model.output_stride}, maps at stride {config.model.prediction_stride}) for at most {minutes:g} min into {run_dir}")
     result = train(config, run_dir, resume=False, progress=progress)
 
     print("[3/4] evaluating the validation split for the report (mean IoU, mAP^r, PQ, every image)")

@@ -43,12 +43,21 @@ from .metrics_log import MetricsLog
 from .resume import check_classes, format_differences, load_training_state, resumable_state
 
 
+NEW_LAYERS = (".heads.", ".decoder.")  # the FCRN's parts that no pretrained backbone has
+
+
+def is_new_layer(name: str) -> bool:
+    """Whether the parameter or module ``name`` belongs to a head or the decoder (always trained
+    from random initialisation), not to the backbone."""
+    return any(part in f".{name}." for part in NEW_LAYERS)
+
+
 def parameter_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
-    """Backbone parameters at ``lr``, head parameters at ``lr * head_lr_mult``."""
+    """Backbone parameters at ``lr``, head and decoder parameters at ``lr * head_lr_mult``."""
     backbone, heads = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (heads if ".heads." in f".{name}" else backbone).append(parameter)
+            (heads if is_new_layer(name) else backbone).append(parameter)
     return [{"params": backbone, "lr": lr, "initial_lr": lr},
             {"params": heads, "lr": lr * head_lr_mult, "initial_lr": lr * head_lr_mult}]
 
@@ -80,12 +89,12 @@ def poly_factor(progress: float, power: float) -> float:
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
     """``model.train()``; with ``freeze_bn`` the backbone's batch-norm layers keep their (pretrained)
     statistics and affine parameters fixed, as the paper's Caffe ResNets did (the right choice for
-    small per-GPU batches). A head's batch norm (the non-linear head's) starts from nothing and
-    always learns."""
+    small per-GPU batches). The batch norms of a head (the non-linear head's) and of the decoder
+    start from nothing and always learn."""
     model.train()
     if freeze_bn:
         for name, module in model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and ".heads." not in f".{name}.":
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_new_layer(name):
                 module.eval()
                 for parameter in module.parameters():
                     parameter.requires_grad_(False)
@@ -202,7 +211,7 @@ def setup(config: Config, out_dir: str | Path, resume: bool = True) -> Run:
     sample_weights, class_weights = _balance(config, train_set, rank.is_main)
     run = Run(config, out_dir, rank, device, model, model, optimizer,
               torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16"),
-              SegmentationLoss(config.loss, train_set.num_classes, config.model.output_stride, class_weights),
+              SegmentationLoss(config.loss, train_set.num_classes, model.output_stride, class_weights),
               train_set, val_set, config_changes=changes, sample_weights=sample_weights)
     if state is not None:
         _resume(run, state)

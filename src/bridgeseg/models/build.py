@@ -10,6 +10,7 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..config import Config, ModelConfig, config_from_dict
 from .backbone import DilatedResNet
+from .decoder import SkipDecoder
 from .fcrn import ARCHITECTURES, FCRN, SeparateNetworks
 from .heads import build_head
 
@@ -26,10 +27,13 @@ def _build_fcrn(config: ModelConfig, num_classes: int, heads: tuple[str, ...], l
         backbone.load_imagenet_weights()
     elif load_weights and config.init != "random":
         backbone.load_weights_file(config.init)
-    modules = {name: build_head(config.head, backbone.out_channels, head_channels(name, num_classes),
+    decoder = (SkipDecoder(backbone.feature_info, config.decoder_stride, config.decoder_channels)
+               if config.decoder_stride else None)
+    features = backbone.out_channels if decoder is None else decoder.out_channels
+    modules = {name: build_head(config.head, features, head_channels(name, num_classes),
                                 config.kernel, config.dilation, config.head_channels, config.head_dropout)
                for name in heads}
-    return FCRN(backbone, modules)
+    return FCRN(backbone, modules, decoder)
 
 
 def build_model(config: ModelConfig, num_classes: int, load_weights: bool = True) -> FCRN | SeparateNetworks:

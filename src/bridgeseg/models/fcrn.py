@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .backbone import DilatedResNet
+from .decoder import SkipDecoder
 from .heads import field_of_view
 
 HEAD_NAMES = ("semantic", "localization")
@@ -27,21 +28,25 @@ class FCRN(nn.Module):
         backbone: a ``DilatedResNet``.
         heads: name -> head module, e.g. ``{"semantic": LinearHead(...)}`` or, for the joint
             model, ``{"semantic": ..., "localization": ...}`` sharing one backbone.
+        decoder: optional ``SkipDecoder``; the heads then run on its finer features and the
+            model's output stride is the decoder's.
 
     ``forward(x)`` with ``x`` (N, 3, H, W) returns ``{name: (N, C_name, h, w)}`` with
     ``h = ceil(H / output_stride)``. ``heads`` (a ``ModuleDict``) answers ``"semantic" in model.heads``.
     """
 
-    def __init__(self, backbone: DilatedResNet, heads: dict[str, nn.Module]) -> None:
+    def __init__(self, backbone: DilatedResNet, heads: dict[str, nn.Module],
+                 decoder: SkipDecoder | None = None) -> None:
         super().__init__()
         if not heads:
             raise ValueError("an FCRN needs at least one head")
         self.backbone = backbone
+        self.decoder = decoder
         self.heads = nn.ModuleDict(heads)
 
     @property
     def output_stride(self) -> int:
-        return self.backbone.output_stride
+        return self.backbone.output_stride if self.decoder is None else self.decoder.stride
 
     @property
     def field_of_view(self) -> dict[str, int]:
@@ -50,7 +55,8 @@ class FCRN(nn.Module):
                 for name, head in self.heads.items()}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(x)["layer4"]
+        stages = self.backbone(x)
+        features = stages["layer4"] if self.decoder is None else self.decoder(stages)
         return {name: head(features) for name, head in self.heads.items()}
 
 
