@@ -216,7 +216,8 @@ def test_decoder_brings_the_heads_to_its_stride_from_the_right_stages(output_str
     config = ModelConfig(arch="joint", depth=18, width=16, output_stride=output_stride, decoder_stride=decoder_stride,
                          decoder_channels=24, kernel=3, dilation=1, init="random")
     model = build_model(config, 4).eval()
-    assert model.output_stride == decoder_stride
+    assert model.output_stride == decoder_stride == config.prediction_stride
+    assert ModelConfig(output_stride=output_stride).prediction_stride == output_stride  # no decoder
     assert [fusion.skip_name for fusion in model.decoder.fusions] == skips
     height, width = 61, 90
     with torch.no_grad():
