@@ -147,7 +147,8 @@ def measure(steps: dict, device: torch.device, rounds: int, per_round: int) -> d
 def report(config, seconds: dict, clocks: dict, steps_done: int, device, flops: float | None, peak: float | None):
     batch = config.train.batch_size
     print(f"device: {describe_device(device)}; {config.model.arch} ResNet-{config.model.depth} width "
-          f"{config.model.width}, OS {config.model.output_stride} (maps at {config.model.prediction_stride}), batch {batch} x {config.data.crop_size}^2 crops, "
+          f"{config.model.width}, OS {config.model.output_stride} (maps at {config.model.prediction_stride}), "
+          f"batch {batch} x {config.data.crop_size}^2 crops, "
           f"amp {config.train.amp}, {loader_workers(config.data.workers, device.type)} loader worker(s) "
           f"(data.workers {config.data.workers}), sample cache {config.data.cache_mb} MB")
     for name in ("ours", "bare"):
