@@ -33,7 +33,8 @@ def final_weights(out):
 
 def test_killed_run_resumes_to_identical_weights(tmp_path, synthetic_root):
     settings = ["train.iterations=16", "train.checkpoint_every=1", "train.deterministic=true", "train.time_limit_minutes=0",
-                "model.dropout=0.2", "model.dropout_blocks=1"]  # dropout: the RNG state must resume too
+                "model.dropout=0.2", "model.dropout_blocks=1",  # dropout: the RNG state must resume too
+                "train.weight_average=0.9"]  # and so must the average of the weights (what final.pt holds)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(train_command(synthetic_root, tmp_path / "straight", *settings), check=True, env=env,
                    capture_output=True)
@@ -65,6 +66,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, synthetic_root):
     straight, again = final_weights(tmp_path / "straight"), final_weights(interrupted)
     for name in straight:
         assert torch.equal(straight[name], again[name]), name
+    last_straight, last_again = (load_checkpoint(out / "last.pt") for out in (tmp_path / "straight", interrupted))
+    for name in last_straight["model"]:
+        assert torch.equal(last_straight["model"][name], last_again["model"][name]), name
     steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == list(range(1, 17))  # the log has each step once

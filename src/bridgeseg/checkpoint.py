@@ -2,7 +2,8 @@
 
 A training checkpoint is a dict of plain data and tensors: ``model``, ``optimizer``, ``step``,
 ``elapsed`` (training seconds so far), ``config`` (the resolved config as a dict),
-``class_names``, ``rng`` (torch RNG states) and ``version``. It loads with
+``class_names``, ``rng`` (torch RNG states), ``version`` and, with ``train.weight_average``,
+``weight_average`` (the averaged state; ``final.pt``'s ``model`` is that average). It loads with
 ``torch.load(weights_only=True)``: a file that needs arbitrary classes is refused.
 """
 

@@ -188,7 +188,12 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training loop: SGD with momentum (or AdamW), poly learning-rate decay."""
+    """The training loop: SGD with momentum (or AdamW), poly learning-rate decay.
+
+    weight_average: 0 (the paper's: the last weights are the result), or a decay d in (0, 1): keep
+    an exponential moving average of the weights and BatchNorm statistics (``engine.weight_average``);
+    ``final.pt`` holds it and the final evaluation scores it.
+    """
 
     optimizer: str = setting("sgd", choices=OPTIMIZERS)
     iterations: int = setting(20000, minimum=1)
@@ -198,6 +203,7 @@ class TrainConfig:
     momentum: float = setting(0.9, minimum=0.0, maximum=1.0)
     weight_decay: float = setting(0.0005, minimum=0.0)
     poly_power: float = setting(0.9, minimum=0.0)
+    weight_average: float = setting(0.0, minimum=0.0, below=1.0)
     time_limit_minutes: float = setting(0.0, minimum=0.0)
     eval_every: int = setting(2000, minimum=0)
     checkpoint_every: int = setting(1000, minimum=0)

@@ -4,7 +4,9 @@ SGD with momentum (or AdamW) and weight decay; the learning rate follows the pol
 ``lr = base_lr * (1 - progress) ** poly_power`` where progress is ``step / iterations`` (or, with
 ``train.time_limit_minutes``, whichever of that and ``elapsed / limit`` is larger, so that a run on
 a slow machine still ends on time with a fully decayed rate). The heads learn ``head_lr_mult``
-times faster than the backbone.
+times faster than the backbone. With ``train.weight_average`` an exponential moving average of the
+weights (``weight_average.py``) is kept beside them; it is what ``final.pt`` holds and what is
+evaluated.
 
 Nothing is lost: every ``checkpoint_every`` steps ``<out>/last.pt`` is written atomically with
 everything needed to continue (model, optimizer, AMP scaler, RNG state, step; the data order is a
@@ -41,6 +43,7 @@ from ..visualize import plot_class_scores, plot_training_curves
 from .evaluate import evaluate_model
 from .metrics_log import MetricsLog
 from .resume import check_classes, format_differences, load_training_state, resumable_state
+from .weight_average import WeightAverage
 
 
 NEW_LAYERS = (".heads.", ".decoder.")  # the FCRN's parts that no pretrained backbone has
@@ -146,6 +149,7 @@ class Run:
     saved_step: int | None = None  # the step last.pt holds (None: no checkpoint of this run yet)
     sample_weights: torch.Tensor | None = None  # repeat factor sampling of the training images (None: epochs)
     config_changes: dict = field(default_factory=dict)  # {"section.key": (old, new)} taken on resume
+    average: WeightAverage | None = None  # train.weight_average (None: off)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -172,6 +176,10 @@ def _build_model(config: Config, num_classes: int, rank: distributed.Distributed
 def _resume(run: Run, state: dict) -> None:
     """Continue from the checkpoint ``state``: weights, optimizer, scaler, RNG state, step, elapsed time."""
     load_training_state(state, run.model, run.optimizer, run.scaler)
+    if run.average is not None:  # the checkpoint's average, or (turned on now) one starting from its weights
+        run.average = WeightAverage(run.model, run.average.decay)
+        if "weight_average" in state:
+            run.average.load_state_dict(state["weight_average"])
     run.step, run.elapsed_before = state["step"], state["elapsed"]
     run.saved_step = run.step
     if run.rank.is_main:
@@ -212,7 +220,8 @@ def setup(config: Config, out_dir: str | Path, resume: bool = True) -> Run:
     run = Run(config, out_dir, rank, device, model, model, optimizer,
               torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16"),
               SegmentationLoss(config.loss, train_set.num_classes, model.output_stride, class_weights),
-              train_set, val_set, config_changes=changes, sample_weights=sample_weights)
+              train_set, val_set, config_changes=changes, sample_weights=sample_weights,
+              average=WeightAverage(model, tcfg.weight_average) if tcfg.weight_average > 0 else None)
     if state is not None:
         _resume(run, state)
     if rank.enabled:
@@ -273,19 +282,28 @@ def train_step(run: Run, batch: dict, lr_factor: float, clock=None) -> tuple[tor
     mark("backward")
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    mark("optimizer")
     run.step += 1
+    if run.average is not None:
+        run.average.update(run.model, run.step)
+    mark("optimizer")
     return loss.detach(), parts
+
+
+def averaged(run: Run):
+    """A context in which ``run.model`` holds the weight average (``train.weight_average``; the
+    model as it is when that is off)."""
+    return run.average.swapped_in(run.model) if run.average is not None else contextlib.nullcontext(run.model)
 
 
 def save(run: Run, path: Path, elapsed: float) -> Path | None:
     """Write everything needed to resume into ``path`` (rank 0 only), atomically."""
     if not run.rank.is_main:
         return None
+    average = {} if run.average is None else {"weight_average": run.average.state_dict()}
     save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                      "scaler": run.scaler.state_dict(), "step": run.step, "elapsed": elapsed,
                      "config": run.config.to_dict(), "class_names": list(run.class_names),
-                     "thing_classes": list(run.train_set.thing_classes), "rng": rng_state()}, path)
+                     "thing_classes": list(run.train_set.thing_classes), "rng": rng_state(), **average}, path)
     if path == run.last_path:
         run.saved_step = run.step
     return path
@@ -310,7 +328,13 @@ def _stopping(run: Run):
 
 
 def evaluate_run(run: Run, limit: int, progress: bool) -> dict:
-    """Metrics of the model as it is now on the validation split (sharded under torchrun)."""
+    """Metrics of the model as it is now (its weight average, when kept) on the validation split
+    (sharded under torchrun)."""
+    with averaged(run):
+        return _evaluate(run, limit, progress)
+
+
+def _evaluate(run: Run, limit: int, progress: bool) -> dict:
     config = run.config
     loader = evaluation_loader(config.data, run.val_set, limit=limit, workers=0,
                                shard=(run.rank.rank, run.rank.world_size))
@@ -434,7 +458,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = True, progress: bo
     final_path = run.out_dir / "final.pt"
     with _stopping(run):
         save(run, run.last_path, seconds)
-        save(run, final_path, seconds)
+        with averaged(run):  # final.pt holds the weights that are evaluated and used
+            save(run, final_path, seconds)
     metrics = evaluate_run(run, config.eval.max_images, progress)
     unwritten = _final_outputs(run, log, metrics)
     distributed.barrier()
