@@ -23,9 +23,9 @@ def test_demo_recipe_learns_in_four_minutes(tmp_path):
     0.28 / 0.06 / 0.31 / 0.01 / 0.09, star 0 in all), mAP^r@0.5 0.22 / 0.19 / 0.23 / 0.17 / 0.18, PQ
     of the things 0.20 / 0.19 / - / 0.16 / 0.19; 0.71 and 0.68 mean IoU after the demo's 8. Which
     shapes pass 0.2 after 1,000 steps varies from run to run (the fourth had only circles and
-    triangles), so the bars sit below the worst of the five runs. (Heads at stride 8, without colour jitter,
-    copy-paste and repeat factor sampling, gave 0.46 and 0.29 after 4: the demo's own large shapes
-    are learnt faster there, the scenes of README "On data it has never seen" slower.)
+    triangles), so the bars sit below the worst of the five runs. (Heads at stride 8, without
+    colour jitter, copy-paste and repeat factor sampling, gave 0.46 and 0.29 after 4: the demo's own
+    large shapes are learnt faster there, the scenes of README "On data it has never seen" slower.)
     """
     metrics = run_demo(tmp_path, minutes=4.0, progress=False)
     assert metrics["semantic"]["mean_iou"] > 0.25  # well above chance (0.15)

@@ -61,8 +61,8 @@ def test_final_checkpoint_holds_the_average_and_last_holds_both(synthetic_root, 
     from bridgeseg.engine.evaluate import evaluate_config
     from bridgeseg.engine.train import train
 
-    settings = [f"data.root={synthetic_root}", "data.crop_size=40", "train.batch_size=2", "train.iterations=5", "train.lr=0.02",
-                "train.time_limit_minutes=0", "train.checkpoint_every=0", "train.weight_average=0.9",
+    settings = [f"data.root={synthetic_root}", "data.crop_size=40", "train.batch_size=2", "train.iterations=5",
+                "train.lr=0.02", "train.time_limit_minutes=0", "train.checkpoint_every=0", "train.weight_average=0.9",
                 "model.arch=semantic", "eval.max_images=2", "eval.scales=[1.0]", "eval.flip=false"]
     config = load_config(resolve_config_path("demo"), settings)
     result = train(config, tmp_path / "run", resume=False, progress=False)
