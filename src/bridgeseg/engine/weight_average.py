@@ -35,14 +35,17 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        """Move the average towards ``model``'s state after optimisation step ``step``."""
-        rate = self.rate(step)
+        """Move the average towards ``model``'s state after optimisation step ``step`` (one fused
+        ``lerp`` over all floating-point entries: this runs after every training step)."""
+        averages, currents = [], []
         for key, value in model.state_dict().items():
             average = self.state[key]
             if average.is_floating_point():
-                average.mul_(rate).add_(value.detach(), alpha=1.0 - rate)
+                averages.append(average)
+                currents.append(value.detach())
             else:
                 average.copy_(value)
+        torch._foreach_lerp_(averages, currents, 1.0 - self.rate(step))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.state
