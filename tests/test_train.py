@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bridgeseg.config import TrainConfig
-from bridgeseg.engine.train import build_optimizer, poly_factor
+from bridgeseg.engine.train import build_optimizer, poly_factor, warmup_factor
 
 
 class _TinyModel(nn.Module):
@@ -55,6 +55,30 @@ def test_poly_factor():
     assert poly_factor(0.5, 0.9) == pytest.approx(0.5 ** 0.9)
     assert poly_factor(1.0, 0.9) == 0.0
     assert poly_factor(1.2, 0.9) == 0.0  # past the end (a time limit overshot): stays at zero
+
+
+def test_warmup_factor_rises_linearly_then_stays_at_one():
+    assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0  # off: the paper's schedule from the first step
+
+
+def test_a_run_logs_the_warmed_up_rate(synthetic_root, tmp_path):
+    """The logged rate of a real run is base x poly x warm-up at each logged step."""
+    import json
+
+    from bridgeseg.config import load_config, resolve_config_path
+    from bridgeseg.engine.train import train
+
+    settings = [f"data.root={synthetic_root}", "data.crop_size=48", "train.batch_size=2", "train.iterations=8",
+                "train.time_limit_minutes=0", "train.checkpoint_every=0", "train.log_every=1", "train.lr=0.01",
+                "train.lr_warmup_iterations=4", "train.poly_power=1.0", "eval.max_images=1"]
+    config = load_config(resolve_config_path("demo"), settings)
+    train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rates = {row["step"]: row["lr"] for row in rows if "lr" in row}
+    # step s (1-based) ran with progress (s - 1) / 8 and warm-up min(1, s / 4)
+    expected = {s: 0.01 * (1 - (s - 1) / 8) * min(1.0, s / 4) for s in range(1, 9)}
+    assert rates == pytest.approx(expected)
 
 
 def test_a_batch_gives_the_loss_it_gave_before_the_loader_was_made_faster(synthetic_root, tmp_path):

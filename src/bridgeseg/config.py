@@ -193,6 +193,8 @@ class TrainConfig:
     weight_average: 0 (the paper's: the last weights are the result), or a decay d in (0, 1): keep
     an exponential moving average of the weights and BatchNorm statistics (``engine.weight_average``);
     ``final.pt`` holds it and the final evaluation scores it.
+    lr_warmup_iterations: 0 (the paper's: the poly schedule from the first step), or N: the rate
+    rises linearly from base / N to the poly schedule's over the first N steps.
     """
 
     optimizer: str = setting("sgd", choices=OPTIMIZERS)
@@ -203,6 +205,7 @@ class TrainConfig:
     momentum: float = setting(0.9, minimum=0.0, maximum=1.0)
     weight_decay: float = setting(0.0005, minimum=0.0)
     poly_power: float = setting(0.9, minimum=0.0)
+    lr_warmup_iterations: int = setting(0, minimum=0)
     weight_average: float = setting(0.0, minimum=0.0, below=1.0)
     time_limit_minutes: float = setting(0.0, minimum=0.0)
     eval_every: int = setting(2000, minimum=0)

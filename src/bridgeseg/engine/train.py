@@ -89,6 +89,12 @@ def poly_factor(progress: float, power: float) -> float:
     return max(0.0, 1.0 - progress) ** power
 
 
+def warmup_factor(step: int, warmup_iterations: int) -> float:
+    """The linear warm-up's share of the rate for the step after ``step`` steps: (step + 1) / N
+    for the first N steps, then 1."""
+    return 1.0 if step >= warmup_iterations else (step + 1) / warmup_iterations
+
+
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
     """``model.train()``; with ``freeze_bn`` the backbone's batch-norm layers keep their (pretrained)
     statistics and affine parameters fixed, as the paper's Caffe ResNets did (the right choice for
@@ -407,7 +413,8 @@ def _loop(run: Run, log: MetricsLog, progress: bool) -> float:
             fraction = schedule.progress(run.step)
             if fraction >= 1.0:
                 break
-            loss, parts = train_step(run, batch, poly_factor(fraction, tcfg.poly_power))
+            factor = poly_factor(fraction, tcfg.poly_power) * warmup_factor(run.step, tcfg.lr_warmup_iterations)
+            loss, parts = train_step(run, batch, factor)
             throughput.images += batch["image"].shape[0] * run.rank.world_size
             bar.update(1)
             if run.step % tcfg.log_every == 0 or run.step == 1:
