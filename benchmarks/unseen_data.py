@@ -14,7 +14,8 @@ and runs, in ``OUT/runs/<family>_...``::
     bridgeseg evaluate CONFIG --data-root DATA --checkpoint RUN/final.pt --json RUN/eval.json
     bridgeseg predict-dataset CONFIG --data-root DATA --checkpoint RUN/final.pt --out RUN/pred --format voc
 
-(a stage whose outputs exist from the same command is not run again; the commands get
+(the run folder's name holds a digest of the config file's text and the ``--set`` list, so a stage
+whose outputs exist from the same command and the same config is not run again; the commands get
 ``OMP_NUM_THREADS`` from the environment, default 2: on a machine shared with other jobs, 1 can be
 far faster). With
 ``train.time_limit_minutes=0`` the poly schedule decays over exactly STEPS steps; 2000 is what a
@@ -147,12 +148,11 @@ def run_stage(run_dir: Path, stage: str, command: list[str], outputs: list[Path]
 
 
 def run_name(variant: str, args: argparse.Namespace) -> str:
-    """A run folder per (family, data size, steps, config, --set): changing one starts a fresh run."""
-    name = f"{variant}_n{args.train_images}_s{args.steps}"
-    if args.set or Path(args.config).resolve() != (REPOSITORY / "configs" / "demo.yaml").resolve():
-        digest = hashlib.sha1(json.dumps([str(Path(args.config).resolve()), args.set]).encode()).hexdigest()
-        name += f"_{digest[:8]}"
-    return name
+    """A run folder per (family, data size, steps, the config file's text, --set): changing one,
+    editing the config included, starts a fresh run."""
+    recipe = [Path(args.config).read_text(), args.set]
+    digest = hashlib.sha1(json.dumps(recipe).encode()).hexdigest()
+    return f"{variant}_n{args.train_images}_s{args.steps}_{digest[:8]}"
 
 
 def train_and_evaluate(data: Path, run_dir: Path, args: argparse.Namespace) -> dict:
