@@ -253,12 +253,13 @@ def test_a_longer_schedule_and_a_new_learning_rate_are_taken_and_recorded(synthe
                            "eval.flip=true")) == 0
     printed = capsys.readouterr().out
     assert ("resuming from" in printed and "at step 2 with changed settings: train.iterations 2 -> 3, train.lr "
-            "0.002 -> 0.0001, eval.flip False -> True") in printed
+            "0.003 -> 0.0001, eval.flip False -> True") in printed
     records = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
-    assert {"step": 2, "config_changes": {"train.iterations": [2, 3], "train.lr": [0.002, 0.0001],
+    assert {"step": 2, "config_changes": {"train.iterations": [2, 3], "train.lr": [0.003, 0.0001],
                                           "eval.flip": [False, True]}} in records
     step_3 = next(record for record in records if record.get("step") == 3 and "lr" in record)
-    assert step_3["lr"] == pytest.approx(0.0001 * (1 / 3) ** 0.9, rel=1e-3)  # the new rate, not the checkpoint's
+    # the new rate, not the checkpoint's: poly at progress 2/3, and step 3 of the demo's 300-step warm-up
+    assert step_3["lr"] == pytest.approx(0.0001 * (1 / 3) ** 0.9 * 3 / 300, rel=1e-3)
     assert "iterations: 3" in (run_copy / "config.yaml").read_text()
 
 
