@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -64,8 +65,6 @@ def test_warmup_factor_rises_linearly_then_stays_at_one():
 
 def test_a_run_logs_the_warmed_up_rate(synthetic_root, tmp_path):
     """The logged rate of a real run is base x poly x warm-up at each logged step."""
-    import json
-
     from bridgeseg.config import load_config, resolve_config_path
     from bridgeseg.engine.train import train
 

@@ -3,7 +3,8 @@
 SGD with momentum (or AdamW) and weight decay; the learning rate follows the poly schedule
 ``lr = base_lr * (1 - progress) ** poly_power`` where progress is ``step / iterations`` (or, with
 ``train.time_limit_minutes``, whichever of that and ``elapsed / limit`` is larger, so that a run on
-a slow machine still ends on time with a fully decayed rate). The heads learn ``head_lr_mult``
+a slow machine still ends on time with a fully decayed rate), times a linear warm-up over the first
+``train.lr_warmup_iterations`` steps when that is set. The heads learn ``head_lr_mult``
 times faster than the backbone. With ``train.weight_average`` an exponential moving average of the
 weights (``weight_average.py``) is kept beside them; it is what ``final.pt`` holds and what is
 evaluated.
