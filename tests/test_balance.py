@@ -77,6 +77,34 @@ def test_colour_jitter_changes_colours_not_layout():
     assert np.array_equal(jitter_colors(image, rng, 0.0), image)
 
 
+def test_colour_jitter_is_the_colour_transform_then_contrast_about_its_mean():
+    """Against the two steps written out in float64: the pixels' colour transform (brightness,
+    saturation, hue), then contrast about the mean of the transformed pixels; rounding only."""
+    image = np.random.default_rng(1).integers(0, 256, (9, 7, 3)).astype(np.uint8)
+    out = jitter_colors(image, np.random.default_rng(5), 0.4)
+    rng = np.random.default_rng(5)
+    brightness, contrast, saturation = rng.uniform(0.6, 1.4, 3)
+    angle = rng.uniform(-0.4, 0.4) * np.pi / 2
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    rotate = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    transformed = image.astype(np.float64) @ (np.linalg.inv(to_yiq) @ (rotate * [1, saturation, saturation])
+                                              @ to_yiq).T * brightness
+    expected = np.clip((transformed - transformed.mean()) * contrast + transformed.mean(), 0, 255)
+    assert np.abs(out - expected).max() <= 0.51
+
+
+def test_pasted_objects_keep_compact_labels_apart_from_the_void_value():
+    """uint8 maps (the sample cache's) whose ids would reach 255 after the offset skip it."""
+    target = {"image": np.zeros((4, 4, 3), np.uint8), "semantic": np.ones((4, 4), np.uint8),
+              "instance": np.full((4, 4), 254, np.uint8)}
+    source = {"image": np.ones((4, 4, 3), np.uint8), "semantic": np.zeros((4, 4), np.uint8),
+              "instance": np.zeros((4, 4), np.uint8)}
+    source["semantic"][:2], source["instance"][:2] = 2, 1
+    out = paste_objects(target, source, np.random.default_rng(0), keep=1.0)
+    assert (out["instance"][:2] == 256).all() and (out["instance"][2:] == 254).all()  # 254 + 1 = 255 is void
+    assert (out["semantic"][:2] == 2).all() and (out["semantic"][2:] == 1).all()
+
+
 def test_pasted_objects_take_new_ids_and_occlude():
     target = {"image": np.zeros((6, 6, 3), np.uint8), "semantic": np.zeros((6, 6), np.int64),
               "instance": np.zeros((6, 6), np.int64)}

@@ -11,7 +11,7 @@ from bridgeseg.config import DataConfig
 from bridgeseg.data.io import read_image, read_label, voc_palette, write_label
 from bridgeseg.data.loading import SampleCache, StepSampler, TrainingSamples
 from bridgeseg.data.synthetic import CLASS_NAMES, SceneSpec, render_scene
-from bridgeseg.data.augment import TrainAugmentation, normalize, to_tensors
+from bridgeseg.data.augment import TrainAugmentation, normalize, pad_to, resize, to_tensors
 from bridgeseg.data.voc import VOC_CLASSES, VOCSegmentation
 
 from conftest import shared_fixture
@@ -138,7 +138,8 @@ def test_cached_samples_are_the_samples_read_from_disk(synthetic_root):
     assert 2 in cached.cache.samples and 5 in cached.cache.samples and not uncached.cache.samples
     stored = cached.cache.samples[2]
     assert stored["semantic"].dtype == np.uint8 and not stored["image"].flags.writeable
-    assert cached.cache.get(2)["semantic"].dtype == np.int64
+    assert cached.cache.get(2)["semantic"].dtype == np.uint8  # kept compact; to_tensors makes int64
+    assert all(c[name].dtype == torch.int64 for name in ("semantic", "instance"))
     with pytest.raises(ValueError):  # the cache cannot be changed through a sample
         cached.cache.get(2)["image"][0, 0] = 0
 
@@ -248,3 +249,27 @@ def test_generated_dataset_is_the_same_with_any_number_of_workers(tmp_path):
             (more_train / "SegmentationClass" / f"{name}.png").read_bytes()
     different = generate_dataset(tmp_path / "other", 5, 3, seed=5, spec=spec, workers=1)
     assert (one / "JPEGImages" / "train_00000.jpg").read_bytes() != (different / "JPEGImages" / "train_00000.jpg").read_bytes()
+
+
+def test_label_resize_is_pils_nearest_in_any_integer_type():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        height, width = (int(v) for v in rng.integers(1, 90, 2))
+        scale = float(rng.uniform(0.3, 2.5))
+        semantic = rng.integers(0, 256, (height, width)).astype(np.uint8)
+        instance = rng.integers(0, 70000, (height, width)).astype(np.int64)  # Cityscapes-style ids
+        sample = {"image": np.zeros((height, width, 3), np.uint8), "semantic": semantic, "instance": instance}
+        out = resize(sample, scale)
+        size = out["image"].shape[1], out["image"].shape[0]
+        for key, label in (("semantic", semantic), ("instance", instance)):
+            expected = np.asarray(Image.fromarray(label.astype(np.int32)).resize(size, Image.NEAREST))
+            assert out[key].dtype == label.dtype and np.array_equal(out[key], expected), (height, width, scale, key)
+
+
+def test_padding_keeps_the_label_type():
+    sample = {"image": np.zeros((2, 3, 3), np.uint8), "semantic": np.ones((2, 3), np.uint8),
+              "instance": np.full((2, 3), 300, np.int32)}
+    out = pad_to(sample, 4, 4, (10, 20, 30))
+    assert out["semantic"].dtype == np.uint8 and out["instance"].dtype == np.int32
+    assert (out["semantic"][2:] == 255).all() and (out["instance"][:, 3] == 255).all()
+    assert (out["instance"][:2, :3] == 300).all() and (out["image"][3, 3] == (10, 20, 30)).all()

@@ -21,23 +21,34 @@ def _labels(sample: dict) -> list[str]:
     return [key for key in LABEL_KEYS if key in sample]
 
 
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out,) int64: the source row (or column) of each output one in a nearest-neighbour resize,
+    exactly PIL's ``Image.NEAREST`` (its centre of output pixel x, (x + 0.5) * in / out, accumulated
+    step by step in double precision as PIL does, then truncated)."""
+    step = size_in / size_out
+    centres = np.cumsum(np.concatenate([[step * 0.5], np.full(size_out - 1, step)]))
+    return np.minimum(centres.astype(np.int64), size_in - 1)
+
+
 def resize(sample: dict, scale: float) -> dict:
-    """Resize image and label maps by ``scale`` (new size rounded, at least 1 pixel)."""
+    """Resize image and label maps by ``scale`` (new size rounded, at least 1 pixel); label maps keep
+    their integer type."""
     height, width = sample["image"].shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if size == (width, height):
         return sample
     out = dict(sample)
     out["image"] = np.asarray(Image.fromarray(sample["image"]).resize(size, Image.BILINEAR))
+    rows, cols = nearest_indices(height, size[1]), nearest_indices(width, size[0])
     for key in _labels(sample):
-        label = sample[key]
-        # int64 label maps go through 32-bit PIL images ("I") to keep values above 255 (Cityscapes ids)
-        out[key] = np.asarray(Image.fromarray(label.astype(np.int32)).resize(size, Image.NEAREST)).astype(np.int64)
+        # a gather of rows, then of columns (not PIL): any integer type and value, no conversions
+        out[key] = sample[key].take(rows, axis=0).take(cols, axis=1)
     return out
 
 
 def pad_to(sample: dict, height: int, width: int, mean_color: tuple[int, int, int]) -> dict:
-    """Pad bottom/right to at least (height, width): image with ``mean_color``, labels with 255."""
+    """Pad bottom/right to at least (height, width): image with ``mean_color``, labels with 255 (in
+    their own integer type)."""
     h, w = sample["image"].shape[:2]
     pad_h, pad_w = max(height - h, 0), max(width - w, 0)
     if pad_h == 0 and pad_w == 0:
@@ -48,7 +59,7 @@ def pad_to(sample: dict, height: int, width: int, mean_color: tuple[int, int, in
     image[:h, :w] = sample["image"]
     out["image"] = image
     for key in _labels(sample):
-        label = np.full((h + pad_h, w + pad_w), VOID, dtype=np.int64)
+        label = np.full((h + pad_h, w + pad_w), VOID, dtype=sample[key].dtype)
         label[:h, :w] = sample[key]
         out[key] = label
     return out
@@ -91,10 +102,12 @@ def jitter_colors(image: np.ndarray, rng: np.random.Generator, strength: float) 
     cos, sin = np.cos(angle), np.sin(angle)
     chroma = np.array([[1, 0, 0], [0, cos * saturation, -sin * saturation], [0, sin * saturation, cos * saturation]],
                       dtype=np.float32)
-    transform = (_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ) * brightness
-    pixels = image.astype(np.float32) @ transform.T
-    pixels = (pixels - pixels.mean()) * contrast + pixels.mean()
-    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
+    transform = ((_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ) * brightness).astype(np.float32)
+    # contrast c about the mean m of the colour-transformed pixels x T^T, folded into one pass:
+    # (x T^T - m) c + m = x (c T^T) + (1 - c) m, where m = mean(x c T^T) / c
+    pixels = image.astype(np.float32) @ (transform.T * np.float32(contrast))
+    pixels += np.float32((1 - contrast) / contrast * float(pixels.mean()) + 0.5)
+    return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
 
 
 def paste_objects(target: dict, source: dict, rng: np.random.Generator, keep: float = 0.5) -> dict:
@@ -107,13 +120,19 @@ def paste_objects(target: dict, source: dict, rng: np.random.Generator, keep: fl
     object stay void in the result (the boundary band of VOC-style labels).
     """
     has_instances = "instance" in source and "instance" in target
-    ids = source["instance"] if has_instances else np.where(source["semantic"] > 0, 1, 0)
-    candidates = [int(i) for i in np.unique(ids) if i not in (0, VOID)]
+    ids = source["instance"] if has_instances else (source["semantic"] > 0).astype(np.uint8)
+    present = np.flatnonzero(np.bincount(ids.ravel())) if ids.dtype == np.uint8 else np.unique(ids)
+    candidates = [int(i) for i in present if i not in (0, VOID)]
     labelled = (source["semantic"] > 0) & (source["semantic"] != VOID)
     chosen = [i for i in candidates if rng.random() < keep] or candidates[:1]
     if not chosen:
         return target
-    mask = np.isin(ids, chosen) & labelled
+    if ids.dtype == np.uint8:  # a look-up table: cheaper than np.isin on small label types
+        table = np.zeros(256, dtype=bool)
+        table[chosen] = True
+        mask = table[ids] & labelled
+    else:
+        mask = np.isin(ids, chosen) & labelled
     near = mask.copy()
     near[1:] |= mask[:-1]
     near[:-1] |= mask[1:]
@@ -124,11 +143,13 @@ def paste_objects(target: dict, source: dict, rng: np.random.Generator, keep: fl
     out["image"] = np.where(mask[..., None], source["image"], target["image"])
     out["semantic"] = np.where(mask, source["semantic"], np.where(void, VOID, target["semantic"]))
     if has_instances:
-        existing = target["instance"][(target["instance"] != VOID)]
-        offset = int(existing.max(initial=0))
-        new_ids = ids + offset
-        new_ids = np.where(new_ids >= VOID, new_ids + 1, new_ids)  # never the void value
-        out["instance"] = np.where(mask, new_ids, np.where(void, VOID, target["instance"]))
+        existing = target["instance"]
+        offset = int(existing[existing != VOID].max(initial=0))
+        new_ids = ids[mask].astype(np.int64) + offset
+        new_ids[new_ids >= VOID] += 1  # never the void value
+        instance = np.where(void, VOID, existing).astype(np.int64)
+        instance[mask] = new_ids
+        out["instance"] = instance
     return out
 
 

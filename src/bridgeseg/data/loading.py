@@ -63,9 +63,10 @@ def loader_workers(setting: int | str, device_type: str) -> int:
 class SampleCache:
     """Decoded samples (``{"image", "semantic", "instance"?, "name"}``) kept in memory up to a budget.
 
-    Label maps are stored in the smallest integer type that holds them and come back as int64;
-    stored arrays are read-only, so an augmentation that wrote into one would fail loudly
-    rather than change the data. Once the budget is spent, further samples are not kept.
+    Label maps are stored, and come back, in the smallest integer type that holds them (the
+    augmentation keeps a label's type; ``to_tensors`` makes it int64); stored arrays are read-only,
+    so an augmentation that wrote into one would fail loudly rather than change the data. Once the
+    budget is spent, further samples are not kept.
     """
 
     def __init__(self, budget_mb: int) -> None:
@@ -75,9 +76,7 @@ class SampleCache:
 
     def get(self, index: int) -> dict | None:
         stored = self.samples.get(index)
-        if stored is None:
-            return None
-        return {key: value.astype(np.int64) if key in LABEL_KEYS else value for key, value in stored.items()}
+        return None if stored is None else dict(stored)
 
     def put(self, index: int, sample: dict) -> None:
         if index in self.samples or self.used >= self.budget:
