@@ -54,6 +54,20 @@ def test_weighted_sampler_draws_in_proportion_and_resumes_exactly():
     assert resumed == batches[300:]
 
 
+def test_pasted_objects_come_from_images_drawn_by_the_sampling_weights(synthetic_root):
+    dataset = VOCSegmentation(synthetic_root, "train", with_instances=True)
+    config = DataConfig(root=str(synthetic_root), crop_size=40, copy_paste=1.0)
+    weights = torch.ones(len(dataset))
+    weights[3] = 3.0 * (len(dataset) - 1)  # image 3: three quarters of the draws
+    samples = TrainingSamples(dataset, config, seed=0, weights=weights)
+    draws = [samples._paste_source(np.random.default_rng(k)) for k in range(4000)]
+    assert np.mean(np.array(draws) == 3) == pytest.approx(0.75, abs=0.03)
+    assert set(draws) == set(range(len(dataset)))  # every image can still be a source
+    uniform = TrainingSamples(dataset, config, seed=0)
+    draws = [uniform._paste_source(np.random.default_rng(k)) for k in range(4000)]
+    assert np.mean(np.array(draws) == 3) == pytest.approx(1 / len(dataset), abs=0.03)
+
+
 def test_class_weights_weight_the_mean_over_kept_pixels():
     logits = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.0]], dtype=torch.float64).T.reshape(1, 2, 1, 3)
     target = torch.tensor([1, 0, 1]).view(1, 1, 3)

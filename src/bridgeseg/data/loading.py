@@ -111,8 +111,11 @@ class TrainingSamples(Dataset):
 
     MAX_REPLACEMENTS = 16
 
-    def __init__(self, dataset: Dataset, config: DataConfig, seed: int, cache_mb: int | None = None) -> None:
+    def __init__(self, dataset: Dataset, config: DataConfig, seed: int, cache_mb: int | None = None,
+                 weights: torch.Tensor | None = None) -> None:
         self.dataset = dataset
+        # the images' sampling weights (repeat factors) also choose the sources of pasted objects
+        self.cumulative_weights = None if weights is None else np.cumsum(weights.double().numpy())
         self.config = config
         self.seed = seed
         self.augment = TrainAugmentation(config.crop_size, config.scale_min, config.scale_max, config.flip, config.mean,
@@ -139,12 +142,19 @@ class TrainingSamples(Dataset):
         raise BadSampleError(f"{self.MAX_REPLACEMENTS} training samples in a row from index {index} are unreadable; "
                              "check the dataset with `bridgeseg data check`")
 
+    def _paste_source(self, rng: np.random.Generator) -> int:
+        """The index of the image whose objects are pasted: uniform, or in proportion to the weights."""
+        if self.cumulative_weights is None:
+            return int(rng.integers(len(self.dataset)))
+        drawn = rng.random() * self.cumulative_weights[-1]
+        return min(int(np.searchsorted(self.cumulative_weights, drawn, side="right")), len(self.dataset) - 1)
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, position = key
         rng = np.random.default_rng([self.seed, position])
         sample = self.augment(self._read(index), rng)
         if self.config.copy_paste > 0 and rng.random() < self.config.copy_paste:
-            source = self.augment(self._read(int(rng.integers(len(self.dataset)))), rng)
+            source = self.augment(self._read(self._paste_source(rng)), rng)
             sample = paste_objects(sample, source, rng)
         return to_tensors(sample)
 
@@ -221,7 +231,8 @@ def training_loader(config: Config, dataset: Dataset, start_step: int, rank: int
     sampler = StepSampler(len(dataset), config.train.batch_size, config.train.seed, start_step,
                           config.train.iterations, rank, world_size, weights)
     workers = loader_workers(config.data.workers, device_type)
-    samples = TrainingSamples(dataset, config.data, config.train.seed, cache_mb=config.data.cache_mb // max(1, workers))
+    samples = TrainingSamples(dataset, config.data, config.train.seed, cache_mb=config.data.cache_mb // max(1, workers),
+                              weights=weights)
     # a private generator: creating the loader must not draw from the global RNG (exact resume)
     return DataLoader(samples, batch_sampler=sampler,
                       num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
