@@ -9,8 +9,9 @@
   loader is "data wait"; ``train_step``'s clock splits the rest into targets, forward, losses,
   backward and optimizer.
 * **bare**: the same architecture (fresh weights) on random tensors already on the device:
-  cross-entropy on the semantic head and L1 on the localization head, both upsampled to the crop,
-  and a fused AdamW step. What a step cannot cost less than.
+  cross-entropy on the semantic head and L1 on the localization head, both upsampled to the crop
+  (or, with the config's ``loss.resolution: output``, on the output grid against labels sampled
+  there), and a fused AdamW step. What a step cannot cost less than.
 
 The two alternate in rounds of ``--steps`` steps (after a warm-up of each), so that both see the
 same machine; medians over rounds. Recipes: ``demo`` (configs/demo.yaml: joint ResNet-18 width 16,
@@ -102,6 +103,7 @@ def bare(config, num_classes: int, device: torch.device):
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
     stride = config.model.prediction_stride
+    at_label_resolution = config.loss.resolution == "label"
     clock = Clock(device)
 
     def step() -> None:
@@ -109,8 +111,12 @@ def bare(config, num_classes: int, device: torch.device):
         with autocast(device, config.train.amp):
             outputs = model(images)
         clock("forward")
-        loss = F.cross_entropy(resize_to_input(outputs["semantic"].float(), (size, size), stride), labels)
-        loss = loss + F.l1_loss(resize_to_input(outputs["localization"].float(), (size, size), stride), boxes)
+        if at_label_resolution:
+            loss = F.cross_entropy(resize_to_input(outputs["semantic"].float(), (size, size), stride), labels)
+            loss = loss + F.l1_loss(resize_to_input(outputs["localization"].float(), (size, size), stride), boxes)
+        else:  # the losses on the output grid, as the recipe's loss.resolution says
+            loss = F.cross_entropy(outputs["semantic"].float(), labels[:, ::stride, ::stride])
+            loss = loss + F.l1_loss(outputs["localization"].float(), boxes[:, :, ::stride, ::stride])
         clock("loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
