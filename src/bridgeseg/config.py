@@ -106,7 +106,8 @@ class DataConfig:
     contrast, saturation (x [1 - s, 1 + s]) and hue; ``copy_paste`` p > 0: with probability p a crop
     gets objects of another training crop pasted in (``data.augment.paste_objects``).
     ``repeat_threshold`` t > 0: repeat factor sampling, images of classes present in fewer than a
-    fraction t of the training images come round more often (``data.balance``). ``workers``: loader
+    fraction t of the training images come round more often (``data.balance``), both as crops and as
+    the sources of pasted objects. ``workers``: loader
     processes, or ``auto`` (``data.loading.loader_workers``: none for CPU training below 8 cores,
     where a worker only takes a core from the network, up to 8 beside a GPU). ``cache_mb``: decoded
     training samples are kept in memory up to this many MB per training process, shared out among
