@@ -105,6 +105,9 @@ def _compact(label: np.ndarray) -> np.ndarray:
 class TrainingSamples(Dataset):
     """Augmented tensors of a dataset, indexed by ``(index, position)`` pairs from ``StepSampler``.
 
+    ``weights``: the images' sampling weights (``StepSampler``'s, repeat factors), which also draw
+    the source images of copy-paste; None: sources drawn uniformly.
+
     A sample that cannot be read raises ``BadSampleError`` naming the file, or, with
     ``data.skip_bad``, is replaced (with a warning) by the next readable sample of the dataset.
     """
@@ -114,7 +117,6 @@ class TrainingSamples(Dataset):
     def __init__(self, dataset: Dataset, config: DataConfig, seed: int, cache_mb: int | None = None,
                  weights: torch.Tensor | None = None) -> None:
         self.dataset = dataset
-        # the images' sampling weights (repeat factors) also choose the sources of pasted objects
         self.cumulative_weights = None if weights is None else np.cumsum(weights.double().numpy())
         self.config = config
         self.seed = seed
