@@ -104,6 +104,12 @@ def bare(config, num_classes: int, device: torch.device):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
     stride = config.model.prediction_stride
     at_label_resolution = config.loss.resolution == "label"
+    if not at_label_resolution:  # the recipe's losses on the output grid: targets sampled there, once
+        labels, boxes = labels[:, ::stride, ::stride].contiguous(), boxes[:, :, ::stride, ::stride].contiguous()
+
+    def at_loss_grid(maps: torch.Tensor) -> torch.Tensor:
+        return resize_to_input(maps.float(), (size, size), stride) if at_label_resolution else maps.float()
+
     clock = Clock(device)
 
     def step() -> None:
@@ -111,12 +117,8 @@ def bare(config, num_classes: int, device: torch.device):
         with autocast(device, config.train.amp):
             outputs = model(images)
         clock("forward")
-        if at_label_resolution:
-            loss = F.cross_entropy(resize_to_input(outputs["semantic"].float(), (size, size), stride), labels)
-            loss = loss + F.l1_loss(resize_to_input(outputs["localization"].float(), (size, size), stride), boxes)
-        else:  # the losses on the output grid, as the recipe's loss.resolution says
-            loss = F.cross_entropy(outputs["semantic"].float(), labels[:, ::stride, ::stride])
-            loss = loss + F.l1_loss(outputs["localization"].float(), boxes[:, :, ::stride, ::stride])
+        loss = F.cross_entropy(at_loss_grid(outputs["semantic"]), labels)
+        loss = loss + F.l1_loss(at_loss_grid(outputs["localization"]), boxes)
         clock("loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
