@@ -9,9 +9,9 @@
   loader is "data wait"; ``train_step``'s clock splits the rest into targets, forward, losses,
   backward and optimizer.
 * **bare**: the same architecture (fresh weights) on random tensors already on the device:
-  cross-entropy on the semantic head and L1 on the localization head, both upsampled to the crop
-  (or, with the config's ``loss.resolution: output``, on the output grid against labels sampled
-  there), and a fused AdamW step. What a step cannot cost less than.
+  cross-entropy on the semantic head and L1 on the localization head, both on the grid of the
+  config's ``loss.resolution`` (the crop, the output grid, or one twice as fine) against labels
+  sampled there, and a fused AdamW step. What a step cannot cost less than.
 
 The two alternate in rounds of ``--steps`` steps (after a warm-up of each), so that both see the
 same machine; medians over rounds. Recipes: ``demo`` (configs/demo.yaml: joint ResNet-18 width 16,
@@ -36,7 +36,7 @@ from bridgeseg.config import load_config, resolve_config_path
 from bridgeseg.data.loading import loader_workers, training_loader
 from bridgeseg.data.synthetic import SceneSpec, generate_dataset
 from bridgeseg.engine.train import autocast, setup, train_step
-from bridgeseg.geometry import resize_to_input
+from bridgeseg.losses import SegmentationLoss
 from bridgeseg.models.build import build_model
 
 from common import describe_device, synchronize
@@ -102,13 +102,13 @@ def bare(config, num_classes: int, device: torch.device):
     boxes = torch.randn(batch, 4 * (num_classes - 1), size, size, device=device)
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
-    stride = config.model.prediction_stride
-    at_label_resolution = config.loss.resolution == "label"
-    if not at_label_resolution:  # the recipe's losses on the output grid: targets sampled there, once
-        labels, boxes = labels[:, ::stride, ::stride].contiguous(), boxes[:, :, ::stride, ::stride].contiguous()
+    # the recipe's loss grid (loss.resolution): targets sampled there once, outputs resampled to it
+    grid = SegmentationLoss(config.loss, num_classes, config.model.prediction_stride)
+    labels = labels[:, ::grid.stride, ::grid.stride].contiguous()
+    boxes = boxes[:, :, ::grid.stride, ::grid.stride].contiguous()
 
     def at_loss_grid(maps: torch.Tensor) -> torch.Tensor:
-        return resize_to_input(maps.float(), (size, size), stride) if at_label_resolution else maps.float()
+        return grid.at_loss_grid(maps, tuple(labels.shape[-2:])).float()
 
     clock = Clock(device)
 

@@ -169,6 +169,44 @@ def test_segmentation_loss_resolutions_and_warmup():
     assert warm(outputs, batch, step=10)[1]["semantic"] != pytest.approx(expected.item(), rel=1e-6)
 
 
+def _bilinear_twice_as_fine(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, size, size) written out: grid position j is output position j / 2,
+    clamped at the last one, interpolated between its two neighbours in each direction."""
+    h = maps.shape[-1]
+    out = torch.zeros(*maps.shape[:2], size, size)
+    for j in range(size):
+        for i in range(size):
+            y, x = min(j / 2, h - 1), min(i / 2, h - 1)
+            y0, x0 = int(y), int(x)
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, h - 1)
+            dy, dx = y - y0, x - x0
+            out[..., j, i] = ((1 - dy) * (1 - dx) * maps[..., y0, x0] + (1 - dy) * dx * maps[..., y0, x1]
+                              + dy * (1 - dx) * maps[..., y1, x0] + dy * dx * maps[..., y1, x1])
+    return out
+
+
+def test_loss_on_a_grid_twice_as_fine_as_the_outputs():
+    torch.manual_seed(1)
+    instance, semantic = _two_instances()
+    batch = {"semantic": semantic.repeat(2, 1, 1), "instance": instance.repeat(2, 1, 1)}
+    outputs = {"semantic": torch.randn(2, 3, 3, 3), "localization": torch.randn(2, 8, 3, 3) * 0.1}
+    loss = SegmentationLoss(LossConfig(resolution="output_x2", bootstrap=False, box_bootstrap=False), 3,
+                            output_stride=4)
+    assert loss.stride == 2
+    _, parts = loss(outputs, batch)
+    # 12 x 12 labels at pixels 0, 2, ..., 10; the 3 x 3 outputs bilinearly on that 6 x 6 grid
+    logits = _bilinear_twice_as_fine(outputs["semantic"], 6)
+    expected = torch.nn.functional.cross_entropy(logits, batch["semantic"][:, ::2, ::2])
+    assert parts["semantic"] == pytest.approx(expected.item(), rel=1e-5)
+    targets = box_targets(batch["instance"], batch["semantic"], num_classes=3, stride=2)
+    transforms = _bilinear_twice_as_fine(outputs["localization"], 6)
+    expected_box = bootstrapped_box_loss(transforms, targets.transforms, targets.boxes, targets.classes,
+                                         targets.weights, 2, bootstrap=False)
+    assert parts["localization"] == pytest.approx(expected_box.item(), rel=1e-5)
+    on_output_grid = SegmentationLoss(LossConfig(resolution="output", bootstrap=False, box_bootstrap=False), 3, 4)
+    assert on_output_grid(outputs, batch)[1]["semantic"] != pytest.approx(parts["semantic"], rel=1e-3)
+
+
 def test_size_reference_is_what_log_size_means():
     instance = torch.zeros(1, 70, 70, dtype=torch.long)
     instance[0, 0:64, 0:32] = 1

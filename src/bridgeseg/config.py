@@ -38,7 +38,7 @@ from .targets import INSTANCE_WEIGHTINGS
 __all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "InstanceConfig", "LossConfig", "ModelConfig",
            "TrainConfig", "config_from_dict", "load_config", "parse_override", "save_config"]
 
-LOSS_RESOLUTIONS = ("label", "output")
+LOSS_RESOLUTIONS = ("label", "output", "output_x2")
 CLASS_WEIGHTINGS = ("none", "median_frequency")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("off", "bf16", "fp16")
@@ -160,7 +160,8 @@ class LossConfig:
     ``threshold``, keeping at least ``min_kept`` pixels per crop (threshold null: exactly the
     ``min_kept`` hardest); ``bootstrap: false`` is plain cross-entropy. ``warmup_iterations`` of
     plain cross-entropy come first. ``resolution``: ``label`` upsamples the outputs to the label
-    size, ``output`` samples the labels at the output stride.
+    size, ``output`` samples the labels at the output stride, ``output_x2`` upsamples the outputs
+    to a grid twice as fine (stride 2 for maps at stride 4) and samples the labels there.
     Localization: smooth-L1 with per-instance weighting; a pixel is easy when its predicted box
     has IoU above ``box_iou_threshold`` with its ground-truth box. ``class_weighting``:
     ``median_frequency`` weights each class's pixels in the semantic loss by median class pixel

@@ -151,8 +151,13 @@ class SegmentationLoss:
 
     @property
     def stride(self) -> int:
-        """The stride of the loss's grid in label pixels: 1 at label resolution, else the output stride."""
-        return 1 if self.config.resolution == "label" else self.output_stride
+        """The stride of the loss's grid in label pixels: 1 at label resolution, the output stride
+        on the output grid, half of it on the grid twice as fine."""
+        if self.config.resolution == "label":
+            return 1
+        if self.config.resolution == "output_x2":
+            return max(1, self.output_stride // 2)
+        return self.output_stride
 
     def targets(self, batch: dict[str, torch.Tensor]) -> LossTargets:
         """The labels of ``batch`` on the loss's grid; box targets when it has ``instance`` maps."""
@@ -163,10 +168,12 @@ class SegmentationLoss:
                                 self.config.instance_weighting)
         return LossTargets(semantic[:, ::self.stride, ::self.stride], boxes)
 
-    def _at_loss_resolution(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.config.resolution == "label":
-            return resize_to_input(_full_precision(maps), size, self.output_stride)
-        return maps
+    def at_loss_grid(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(N, C, h, w) maps at the output stride -> (N, C, H', W') on the loss's grid of ``size``
+        (position ``i`` of the output grid is position ``i * output_stride / stride`` there)."""
+        if self.stride == self.output_stride:
+            return maps
+        return resize_to_input(_full_precision(maps), size, self.output_stride // self.stride)
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor] | LossTargets,
                  step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
@@ -175,7 +182,7 @@ class SegmentationLoss:
         size = tuple(targets.semantic.shape[-2:])
         parts: dict[str, torch.Tensor] = {}
         if "semantic" in outputs:
-            logits = self._at_loss_resolution(outputs["semantic"], size)
+            logits = self.at_loss_grid(outputs["semantic"], size)
             parts["semantic"] = bootstrapped_cross_entropy(
                 logits, targets.semantic, cfg.threshold, cfg.min_kept,
                 bootstrap=cfg.bootstrap and step >= cfg.warmup_iterations, class_weights=self.class_weights)
@@ -183,7 +190,7 @@ class SegmentationLoss:
             boxes = targets.boxes
             if boxes is None:
                 raise ValueError("the localization loss needs instance labels: the batch has no 'instance' maps")
-            transforms = self._at_loss_resolution(outputs["localization"], size)
+            transforms = self.at_loss_grid(outputs["localization"], size)
             parts["localization"] = cfg.localization_weight * bootstrapped_box_loss(
                 transforms, boxes.transforms, boxes.boxes, boxes.classes, boxes.weights, self.stride,
                 cfg.box_iou_threshold, cfg.box_min_kept,
