@@ -50,7 +50,8 @@ def loader_workers(setting: int | str, device_type: str) -> int:
     machine. On the CPU: none below 8 cores (a worker only takes a core from the network,
     whose step costs ten times the loader's: benchmarks/train_loop_overhead.py), then one per 8
     cores. Nor a loader thread: on 2 cores one took the data wait from 18 to 1 ms but made the
-    step slower (105 to 119 ms), its tensor work competing with the network's threads. Beside a GPU the CPU is otherwise idle: the cores of this process's share of the machine
+    step slower (105 to 119 ms), its tensor work competing with the network's threads. Beside a
+    GPU the CPU is otherwise idle: the cores of this process's share of the machine
     (``LOCAL_WORLD_SIZE`` processes under torchrun) less one, at least 1 and at most 8."""
     if setting != "auto":
         return int(setting)
