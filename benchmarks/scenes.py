@@ -18,6 +18,13 @@ size and aspect ratio, object counts and sizes, class balance, textures, backgro
               round cells, rods and rare lobed cells (8%), each with a darker rim and nucleus,
               packed so that they touch; smooth or grainy light background; no void band.
 
+``glyphs``    112 x 176, portrait (narrower than the demo's 128-pixel crop). Six classes, steeply
+              imbalanced (30 / 24 / 18 / 14 / 10 / 4%): bar (thin, 4-7 times as long as wide),
+              T, U, frame (a square with a square hole), crescent (a disc with a bite), and a
+              rare hourglass; 2 to 6 objects of 24-60 px, thin parts throughout; each object
+              shaded from light to dark along a random direction with a dark outline, on a
+              low-contrast blotchy background; 1 px void band.
+
 ``crowded=True`` draws runs of same-class objects (class balance unchanged) and slides almost every
 object up against one of its own class: the case where connected components of the class map
 cannot separate instances (88% of rings instances share a component with another, against 57%).
@@ -487,6 +494,53 @@ def _render_cells(family: Family, rng: np.random.Generator, layout: Layout) -> S
     return finish_image(image, 0.6), semantic, instance
 
 
+def _glyph_shape(rng: np.random.Generator, label: int) -> Shape:
+    """bar, T, U, frame, crescent, hourglass: 24-60 px across, randomly rotated."""
+    size = rng.uniform(24, 60)
+    s, angle = size / 2, rng.uniform(0, 2 * np.pi)
+    if label == 1:  # a bar 4-7 times as long as wide
+        half_width = s / rng.uniform(4, 7)
+        polygon = np.array([(-s, -half_width), (s, -half_width), (s, half_width), (-s, half_width)])
+    elif label == 2:  # a T: the top bar and the stem 0.25-0.35 of the size thick
+        t = size * rng.uniform(0.25, 0.35) / 2
+        polygon = np.array([(-s, -s), (s, -s), (s, -s + 2 * t), (t, -s + 2 * t), (t, s), (-t, s),
+                            (-t, -s + 2 * t), (-s, -s + 2 * t)])
+    elif label == 3:  # a U: two arms and a base 0.25-0.35 of the size thick
+        t = size * rng.uniform(0.25, 0.35)
+        polygon = np.array([(-s, -s), (-s + t, -s), (-s + t, s - t), (s - t, s - t), (s - t, -s), (s, -s),
+                            (s, s), (-s, s)])
+    elif label == 4:  # a frame: the hole 0.45-0.65 of the side
+        inner = s * rng.uniform(0.45, 0.65)
+        return [(_posed(_regular_polygon(4, s * math.sqrt(2)), angle + np.pi / 4), True),
+                (_posed(_regular_polygon(4, inner * math.sqrt(2)), angle + np.pi / 4), False)]
+    elif label == 5:  # a crescent: a disc minus a smaller disc moved 0.35-0.5 of the radius off
+        bite = _ellipse(s * 0.85, s * 0.85) + (s * rng.uniform(0.35, 0.5), 0)
+        return [(_posed(_ellipse(s, s), angle), True), (_posed(bite, angle), False)]
+    else:  # an hourglass: two triangles meeting at a neck 0.2-0.3 of the size wide
+        neck = s * rng.uniform(0.2, 0.3)
+        polygon = np.array([(-s * 0.8, -s), (s * 0.8, -s), (neck, 0), (s * 0.8, s), (-s * 0.8, s), (-neck, 0)])
+    return [(_posed(polygon, angle), True)]
+
+
+def _render_glyphs(family: Family, rng: np.random.Generator, layout: Layout) -> Scene:
+    """Objects shaded from light to dark along a random direction, outlined in a darker tone, on a
+    low-contrast blotchy background."""
+    h, w = layout.height, layout.width
+    paper = rng.uniform(60, 200, 3)
+    background = paper + 12 * smooth_noise(rng, h, w, rng.uniform(6, 16), 3) + rng.normal(0, 4, (h, w, 3))
+    instance_map, objects = place_objects(rng, layout, family.frequencies, _glyph_shape)
+    image = background.copy()
+    for i, placed in enumerate(objects):
+        color = random_color(rng, avoid=background[placed.mask].mean(axis=0), distance=60)
+        shaded = gradient(rng, h, w, np.clip(color * 1.25, 0, 255), color * 0.7)
+        edge = scipy.ndimage.distance_transform_edt(placed.mask) < 1.5
+        body = np.where(edge[..., None], shaded * 0.55, shaded)
+        visible = instance_map == i + 1
+        image[visible] = body[visible]
+    semantic, instance = label_maps(instance_map, objects, family.void_width)
+    return finish_image(image, 0.8), semantic, instance
+
+
 GENERATORS: dict[str, Family] = {
     "rings": Family("rings", ("background", "ring", "hexagon", "ellipse", "lshape", "heart"),
                     (0.32, 0.25, 0.22, 0.16, 0.05),
@@ -498,6 +552,10 @@ GENERATORS: dict[str, Family] = {
     "cells": Family("cells", ("background", "round", "rod", "lobed"), (0.62, 0.30, 0.08),
                     Layout(176, 144, 6, 20, touch_probability=0.6, same_class_probability=0.5, max_overlap=1,
                            min_visible_fraction=0.7, min_area=25), _render_cells, void_width=0),
+    "glyphs": Family("glyphs", ("background", "bar", "tee", "u_shape", "frame", "crescent", "hourglass"),
+                     (0.30, 0.24, 0.18, 0.14, 0.10, 0.04),
+                     Layout(112, 176, 2, 6, touch_probability=0.35, same_class_probability=0.6, max_overlap=2),
+                     _render_glyphs, void_width=1),
 }
 
 

@@ -1,7 +1,7 @@
 """The demo recipe on scenes it was not tuned on: generate, train, evaluate, compare with
 connected components.
 
-    .venv/bin/python benchmarks/unseen_data.py [--families rings rings-crowded textured cells]
+    .venv/bin/python benchmarks/unseen_data.py [--families rings rings-crowded textured cells glyphs]
         [--steps 2000] [--train-images 800] [--val-images 100] [--set KEY=VALUE ...]
         [--out /tmp/bridgeseg-unseen] [--config configs/demo.yaml] [--overlays 6]
 
@@ -63,7 +63,7 @@ from bridgeseg.evaluation.instance import InstanceEvaluator  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 BRIDGESEG = REPOSITORY / ".venv" / "bin" / "bridgeseg"
-DEFAULT_FAMILIES = ("rings", "rings-crowded", "textured", "cells")
+DEFAULT_FAMILIES = ("rings", "rings-crowded", "textured", "cells", "glyphs")
 CROWDED_SUFFIX = "-crowded"
 
 
