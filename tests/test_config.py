@@ -140,7 +140,7 @@ def test_every_grouping_key_is_settable_from_yaml_and_set(tmp_path):
     values = {"top_n": 2, "nms_threshold": 0.6, "region_nms_threshold": 0.7, "min_cluster_size": 3, "min_score": 0.05,
               "max_instances": 50, "per_rank_masks": True, "pre_nms_top_k": 500, "nms_chunk_size": 1024,
               "vote_quantum": 0.25, "mask_threshold": 0.4, "masks": "grid", "method": "connected_components",
-              "merge_fragments": 0.7}
+              "merge_fragments": 0.7, "merge_across_classes": False}
     assert set(values) == {f.name for f in dataclasses.fields(InstanceConfig)}  # no key left out
     from_set = load_config(None, [f"instance.{key}={value}" for key, value in values.items()]).instance
     yaml_text = "instance:\n" + "".join(f"  {key}: {str(value).lower() if not isinstance(value, str) else value}\n"

@@ -257,6 +257,53 @@ def test_fragments_of_one_object_join_and_distinct_objects_do_not():
     assert other_class[1]
 
 
+def test_pieces_of_different_classes_join_only_when_asked_and_only_when_they_are_pieces():
+    height, width = 20, 40
+    whole = torch.zeros(height, width, dtype=torch.bool)
+    whole[2:12, 2:12] = True
+    left, right = whole.clone(), whole.clone()
+    left[:, 7:], right[:, :7] = False, False
+    neighbour = torch.zeros_like(whole)
+    neighbour[2:12, 12:22] = True  # touches the object, another class, its own box
+    runner_up = whole.clone()  # the same object's second-choice hypothesis (top_n 2): the same pixels
+    masks = torch.stack([left, right, neighbour, runner_up])
+    boxes = torch.tensor([_box_of(whole), _box_of(whole), _box_of(neighbour), _box_of(whole)])
+    labels = torch.tensor([1, 2, 2, 3])
+    # mean class probabilities (background, 1, 2, 3): the right piece is unsure between 1 and 2
+    unsure = torch.tensor([[0.1, 0.6, 0.2, 0.1], [0.1, 0.4, 0.5, 0.0], [0.1, 0.0, 0.9, 0.0], [0.1, 0.4, 0.0, 0.5]])
+    merged, keep = merge_fragments(masks, labels, boxes, 0.5, unsure)
+    # left and right are disjoint pieces in each other's box: right (class 2) joins left (class 1);
+    # the neighbour lies outside the object's box; the runner-up shares all of left's pixels
+    assert keep.tolist() == [True, False, True, True]
+    assert torch.equal(merged[0], whole) and torch.equal(merged[2], neighbour) and torch.equal(merged[3], whole)
+    sure = unsure.clone()
+    sure[1] = torch.tensor([0.1, 0.2, 0.7, 0.0])  # the right piece gives class 1 under half of class 2
+    _, kept_apart = merge_fragments(masks, labels, boxes, 0.5, sure)
+    assert kept_apart.tolist() == [True, True, True, True]
+    _, by_class = merge_fragments(masks, labels, boxes, 0.5)
+    assert by_class.tolist() == [True, True, True, True]
+    _, one_class = merge_fragments(masks, torch.tensor([1, 1, 2, 3]), boxes, 0.5)
+    assert one_class.tolist() == [True, False, True, True]
+
+
+def test_grouping_joins_an_object_whose_class_map_splits_it_between_two_classes():
+    """One 8 x 12 object: its left two thirds are called class 1, the rest class 2 (a close second
+    to class 1), and every pixel votes for the object's box; one instance of class 1 comes back,
+    or two pieces without ``merge_across_classes``."""
+    height, width = 24, 28
+    instance = torch.zeros(height, width, dtype=torch.long)
+    instance[8:16, 8:20] = 1
+    semantic = instance.clone()
+    semantic[8:16, 16:20] = 2
+    profile = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.4, 0.5]])  # class 2's piece is unsure
+    probs = profile[semantic].permute(2, 0, 1)
+    transforms = oracle_transforms(instance, (instance > 0).long(), num_classes=2, stride=1).repeat(2, 1, 1)
+    ours = group_instances(probs, transforms, 1, (height, width), InstanceConfig())
+    assert len(ours) == 1 and ours.labels.tolist() == [1] and torch.equal(ours.masks[0], instance == 1)
+    apart = group_instances(probs, transforms, 1, (height, width), InstanceConfig(merge_across_classes=False))
+    assert sorted(apart.labels.tolist()) == [1, 2]
+
+
 def test_grouping_joins_an_object_split_by_its_votes():
     """One 8 x 8 object whose right part votes for a box twice too large (a noisy size estimate):
     NMS keeps two hypotheses (IoU 0.25), the paper's grouping returns two pieces, ours one."""

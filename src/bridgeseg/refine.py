@@ -144,9 +144,9 @@ def pixels_in_boxes(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return inside.T
 
 
-def merge_fragments(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
-                    threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Join the fragments of one object: clusters of one class that each lie inside the other's box.
+def merge_fragments(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, threshold: float,
+                    class_profiles: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Join the fragments of one object: clusters that each lie inside the other's box.
 
     Each cluster's box is where its pixels' votes say the whole object is. When a noisy
     localization map splits an object, the pieces' boxes all describe that object, so each piece
@@ -156,11 +156,22 @@ def merge_fragments(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tens
     score) when at least ``threshold`` of j's pixels are inside i's box and at least ``threshold``
     of i's pixels are inside j's box. Empty masks are dropped.
 
+    A class map that is unsure of an object's class splits it between classes (the top of a U
+    called "frame", its arms "U"), and each class's clusters are then pieces with one box. Given
+    ``class_profiles``, such pieces join too, and the whole takes the class of the first (best
+    scoring) piece. Only unsure pieces do: cluster j of another class than i joins i when, besides
+    the box rule, j's pixels give i's class at least half the probability they give j's own (two
+    distinct objects that the class map is sure of, even with one box, stay apart), and the two
+    share under half of the smaller one's pixels (clusters that share more are the runner-up
+    hypotheses of one object that ``top_n > 1`` asks for).
+
     Args:
         masks: (K, H, W) bool, by descending score.
-        labels: (K,) classes; only clusters of the same class merge.
+        labels: (K,) classes 1..C-1; without ``class_profiles`` only clusters of one class merge.
         boxes: (K, 4) xyxy the clusters' boxes in image pixels.
         threshold: in (0, 1]; 0 merges nothing (only empty masks are dropped).
+        class_profiles: None, or (K, C) each cluster's mean class probabilities: also join
+            unsure pieces of different classes (above).
 
     Returns:
         ``(masks, keep)``: the (K, H, W) masks with fragments joined into their first cluster,
@@ -172,8 +183,16 @@ def merge_fragments(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tens
         return masks, keep
     inside = pixels_in_boxes(masks, boxes).double()  # (box i, mask j)
     fraction = inside / areas.clamp(min=1).double()[None, :]
-    mutual = (fraction >= threshold) & (fraction.T >= threshold) & (labels[:, None] == labels[None, :])
-    mutual &= keep[:, None] & keep[None, :]
+    mutual = (fraction >= threshold) & (fraction.T >= threshold) & keep[:, None] & keep[None, :]
+    same_class = labels[:, None] == labels[None, :]
+    if class_profiles is None:
+        mutual &= same_class
+    else:
+        for i, j in (mutual & ~same_class).triu(1).nonzero().tolist():
+            unsure = 2 * class_profiles[j, labels[i]] >= class_profiles[j, labels[j]]
+            shared = int((masks[i] & masks[j]).sum())
+            if not unsure or 2 * shared >= min(int(areas[i]), int(areas[j])):
+                mutual[i, j] = mutual[j, i] = False
     mutual.fill_diagonal_(False)
     if not bool(mutual.any()):
         return masks, keep
