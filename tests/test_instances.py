@@ -231,14 +231,20 @@ def _box_of(mask: torch.Tensor) -> list[float]:
     return [xs.min().item(), ys.min().item(), xs.max().item() + 1.0, ys.max().item() + 1.0]
 
 
-def test_fragments_of_one_object_join_and_distinct_objects_do_not():
-    height, width = 20, 30
+def _split_object(height: int, width: int) -> tuple[torch.Tensor, ...]:
+    """(whole, left, right, neighbour) (H, W) bool: a 10 x 10 object at rows / columns 2-11, its
+    left and right pieces (split at column 7), and a 10 x 10 object touching it on the right."""
     whole = torch.zeros(height, width, dtype=torch.bool)
     whole[2:12, 2:12] = True
     left, right = whole.clone(), whole.clone()
     left[:, 7:], right[:, :7] = False, False
     neighbour = torch.zeros_like(whole)
-    neighbour[2:12, 12:22] = True  # touches the object, same class
+    neighbour[2:12, 12:22] = True
+    return whole, left, right, neighbour
+
+
+def test_fragments_of_one_object_join_and_distinct_objects_do_not():
+    whole, left, right, neighbour = _split_object(20, 30)  # the neighbour: same class
     small = torch.zeros_like(whole)
     small[18:20, 0:2] = True
     # the left piece's box is the object's; the right piece's votes over-estimate its size
@@ -258,13 +264,7 @@ def test_fragments_of_one_object_join_and_distinct_objects_do_not():
 
 
 def test_pieces_of_different_classes_join_only_when_asked_and_only_when_they_are_pieces():
-    height, width = 20, 40
-    whole = torch.zeros(height, width, dtype=torch.bool)
-    whole[2:12, 2:12] = True
-    left, right = whole.clone(), whole.clone()
-    left[:, 7:], right[:, :7] = False, False
-    neighbour = torch.zeros_like(whole)
-    neighbour[2:12, 12:22] = True  # touches the object, another class, its own box
+    whole, left, right, neighbour = _split_object(20, 40)  # the neighbour: another class, its own box
     runner_up = whole.clone()  # the same object's second-choice hypothesis (top_n 2): the same pixels
     masks = torch.stack([left, right, neighbour, runner_up])
     boxes = torch.tensor([_box_of(whole), _box_of(whole), _box_of(neighbour), _box_of(whole)])

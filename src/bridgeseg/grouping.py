@@ -24,7 +24,8 @@ The paper's test-time pipeline, steps 3-6 (steps 1-2 are the two networks):
    neighbourhood claims (``bridgeseg.refine``); ``grid``: the grid cluster upsampled like
    ``bridgeseg.geometry.resize_to_input`` (bilinear, ``align_corners=True`` onto the
    (h - 1) * stride + 1 grid, edge replicate) and thresholded at ``mask_threshold``. Then
-   fragments of one object are joined (``merge_fragments``) and empty masks dropped.
+   fragments of one object are joined (``merge_fragments``; with ``merge_across_classes`` also
+   pieces that an unsure class map gives different classes) and empty masks dropped.
 
 The NMS steps (and their scalability: merged identical votes, chunked rounds) are in
 ``bridgeseg.nms``.
@@ -131,11 +132,12 @@ class InstanceConfig:
         merge_across_classes: pieces of one object that the class map gives different classes
             join too (the same box rule, and the joining piece's pixels give the other's class
             at least half the probability of their own; pieces, not the overlapping runner-up
-            hypotheses of ``top_n > 1``), and the whole takes the best-scoring piece's class. Default True:
-            on networks trained for 2,600 steps on the demo's scenes and four generators of
-            ``benchmarks/scenes.py`` it added 0 to 5.1 points of mAP^r@0.5 and 0 to 5.1 of @0.7
-            and lost nowhere (README, "Pieces of two classes"). False: as the paper, an object
-            that the class map splits between classes stays in pieces, one per class.
+            hypotheses of ``top_n > 1``), and the whole takes the best-scoring piece's class.
+            Default True: on networks trained for 2,600 steps on the demo's scenes and four
+            generators of ``benchmarks/scenes.py`` it added 0 to 5.1 points of mAP^r@0.5 and 0
+            to 5.1 of @0.7 and lost nowhere (README, "Release 6: pieces of two classes join").
+            False: as the paper, an object that the class map splits between classes stays in
+            pieces, one per class.
         method: ``grouping`` (default, the paper's) or ``connected_components`` (the baseline: each
             8-connected region of a class in the class map is one instance, scored by its mean
             class probability; ``bridgeseg.components``).
