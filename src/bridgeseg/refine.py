@@ -23,6 +23,7 @@ from .geometry import interpolation, upsampled_rows
 
 FILL_STEPS = 2  # grid cells a cluster may reach beyond its own cells to claim pixels of its class
 _ROW_CHUNK_PIXELS = 1 << 21  # image pixels assigned per block (four (rows, W) id and weight maps each)
+_BOX_CHUNK = 16  # boxes tested together against every mask pixel ((chunk, pixels) comparisons)
 
 
 def fill_gaps(ids: torch.Tensor, steps: int = FILL_STEPS) -> torch.Tensor:
@@ -71,10 +72,17 @@ def assign_pixels(ids: torch.Tensor, stride: int, image_size: tuple[int, int]) -
                                ids[up_y[rows]][:, low_x], ids[up_y[rows]][:, up_x]])  # (4, rows, W)
         weights = torch.stack([(1 - wy) * (1 - weight_x), (1 - wy) * weight_x, wy * (1 - weight_x), wy * weight_x])
         weights = weights * (corners >= 0)
-        support = ((corners.unsqueeze(0) == corners.unsqueeze(1)) * weights.unsqueeze(0)).sum(dim=1)  # (4, rows, W)
-        best = support.argmax(dim=0, keepdim=True)
-        winner = corners.gather(0, best)[0]
-        out[rows] = torch.where(support.gather(0, best)[0] > 0, winner, -1)
+        # corner by corner on contiguous (rows, W) planes: reductions over the 4 corners are
+        # strided and several times slower on a CPU
+        winner, best = corners[0], None
+        for i in range(4):
+            support = sum(weights[j] * (corners[j] == corners[i]) for j in range(4))
+            if best is None:
+                best = support
+                continue
+            better = support > best  # strict: ties keep the earlier corner
+            best, winner = torch.where(better, support, best), torch.where(better, corners[i], winner)
+        out[rows] = torch.where(best > 0, winner, -1)
     return out
 
 
@@ -131,17 +139,17 @@ def pixels_in_boxes(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, K) long: entry (b, k) counts the pixels of mask k inside box b.
     """
-    count, height, width = masks.shape
-    integral = torch.zeros(count, height + 1, width + 1, dtype=torch.long, device=masks.device)
-    integral[:, 1:, 1:] = masks.long().cumsum(1).cumsum(2)
+    count = masks.shape[0]
     # pixel x is inside [x1, x2] when x1 <= x + 0.5 <= x2: columns ceil(x1 - 0.5) .. floor(x2 - 0.5)
     first = torch.ceil(boxes[:, :2] - 0.5).long()
-    last = torch.floor(boxes[:, 2:] - 0.5).long() + 1
-    x1, y1 = first[:, 0].clamp(0, width), first[:, 1].clamp(0, height)
-    x2, y2 = last[:, 0].clamp(0, width), last[:, 1].clamp(0, height)
-    x2, y2 = torch.maximum(x1, x2), torch.maximum(y1, y2)
-    inside = integral[:, y2, x2] - integral[:, y1, x2] - integral[:, y2, x1] + integral[:, y1, x1]  # (K, B)
-    return inside.T
+    last = torch.floor(boxes[:, 2:] - 0.5).long()
+    owner, ys, xs = masks.nonzero(as_tuple=True)  # only the masks' pixels: the masks are sparse
+    inside = torch.zeros(len(boxes), count, dtype=torch.long, device=masks.device)
+    for start in range(0, len(boxes), _BOX_CHUNK):
+        b = slice(start, start + _BOX_CHUNK)
+        hit = ((xs >= first[b, :1]) & (xs <= last[b, :1]) & (ys >= first[b, 1:]) & (ys <= last[b, 1:])).long()
+        inside[b].index_add_(1, owner, hit)
+    return inside
 
 
 def merge_fragments(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, threshold: float,
