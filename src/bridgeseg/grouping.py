@@ -418,7 +418,8 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
     else:
         masks = upsample_masks(grid_masks.view(-1, height, width), stride, image_size, settings.mask_threshold)
     profiles = None
-    if settings.merge_across_classes:  # (K, C) each cluster's mean class probabilities on the grid
+    if settings.merge_across_classes and settings.merge_fragments > 0 and len(best) > 1:
+        # (K, C) each cluster's mean class probabilities on the grid: only the joining reads them
         members = grid_masks.float()
         profiles = members @ probs.flatten(1).T / members.sum(1, keepdim=True).clamp(min=1)
     masks, keep = merge_fragments(masks, labels[best], boxes[best], settings.merge_fragments, profiles)
