@@ -16,7 +16,8 @@ from bridgeseg.geometry import resize_to_input
 from bridgeseg.grouping import InstanceConfig, group_instances
 from bridgeseg.oracle import apply_oracle, oracle_probabilities, oracle_transforms
 from bridgeseg.predictor import find_instances
-from bridgeseg.refine import assign_pixels, fill_gaps, merge_fragments, pixels_in_boxes
+from bridgeseg.refine import (assign_pixels, fill_gaps, mask_extents, merge_fragments, pixel_extents,
+                              pixels_in_boxes, ranked_classes)
 from bridgeseg.tta import ImageMaps
 
 
@@ -66,6 +67,42 @@ def test_pixels_join_the_cluster_of_their_grid_neighbourhood():
     assert (owner[4:, 4:8] == -1).all()  # pixels whose four grid cells have no cluster stay out
     filled = fill_gaps(ids, 1)
     assert (filled >= 0).all() and filled[0, 2] == 1 and filled[1, 1] == 0
+
+
+def test_each_pixel_reads_the_cluster_map_of_its_own_layer():
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(-1, 6, (3, 5, 7), generator=generator)  # three classes' grids, -1 = no cluster
+    layers = torch.randint(-1, 3, (33, 50), generator=generator)  # each pixel's class layer, -1 = none
+    owner = assign_pixels(ids, 8, (33, 50), layers=layers)
+    for layer in range(3):  # the same as each layer alone, on that layer's pixels
+        alone = assign_pixels(ids[layer], 8, (33, 50))
+        assert torch.equal(owner[layers == layer], alone[layers == layer])
+    assert (owner[layers < 0] == -1).all()
+
+
+def test_ranked_classes_are_the_upsampled_scores_sorted():
+    generator = torch.Generator().manual_seed(2)
+    probs = torch.softmax(torch.randn(5, 6, 7, generator=generator) * 2, dim=0)
+    probs[:, 2, 3] = torch.tensor([0.2, 0.4, 0.4, 0.0, 0.0])  # a tie: the lower class first
+    image = resize_to_input(probs[None], (44, 51), 8)[0]
+    for rank, floor in ((1, 0.0), (2, 0.0), (3, 0.25)):
+        ranked = ranked_classes(probs, 8, (44, 51), rank, floor)
+        assert ranked.shape == (rank, 44, 51)
+        for y, x in [(0, 0), (16, 24), (43, 50), (21, 30), (5, 47)]:
+            scores = image[:, y, x].tolist()
+            order = sorted(range(5), key=lambda c: (-scores[c], c))[:rank]
+            expected = [c if c > 0 and scores[c] > 0 and scores[c] >= floor else 0 for c in order]
+            assert ranked[:, y, x].tolist() == expected, (rank, y, x)
+
+
+def test_mask_extents_are_the_bounding_rows_and_columns():
+    masks = torch.zeros(3, 9, 11, dtype=torch.bool)
+    masks[0, 2:5, 3:4] = True
+    masks[0, 7, 9] = True
+    masks[2, 0, 0] = True
+    assert mask_extents(masks).tolist() == [[2, 8, 3, 10], [0, 0, 0, 0], [0, 1, 0, 1]]
+    owner, ys, xs = masks.nonzero(as_tuple=True)
+    assert torch.equal(pixel_extents(owner, ys, xs, 3), mask_extents(masks))  # the same from the masks' pixels
 
 
 def test_a_top_two_mask_uses_top_two_pixels_at_image_resolution():
@@ -216,6 +253,8 @@ def test_only_thing_classes_are_grouped():
 def test_pixels_in_boxes_counts_like_a_loop():
     generator = torch.Generator().manual_seed(0)
     masks = torch.rand(5, 13, 17, generator=generator) > 0.6
+    masks[3] = False  # an empty mask
+    masks[4, :, :9] = False  # a mask in one part of the image
     boxes = torch.tensor([[0.0, 0.0, 17.0, 13.0], [2.4, 1.6, 9.5, 7.5], [-5.0, -5.0, 3.0, 2.0], [8.0, 8.0, 8.2, 8.2],
                           [16.6, 12.6, 30.0, 30.0], [4.5, 3.5, 4.6, 3.6]])
     counts = pixels_in_boxes(masks, boxes)

@@ -40,7 +40,7 @@ import torch
 
 from .geometry import resize_to_input
 from .nms import cluster_votes, greedy_keep
-from .refine import ImageCandidates, assign_pixels, fill_gaps, merge_fragments
+from .refine import ImageCandidates, assign_pixels, fill_gaps, merge_fragments, pixel_extents
 from .settings import check_section, setting
 from .targets import decode_boxes
 
@@ -351,21 +351,36 @@ def _rows_of_clusters(hypotheses: _ClassHypotheses, rows: torch.Tensor, ids: tor
 
 
 def _class_map_masks(per_class: dict, labels: torch.Tensor, ids: torch.Tensor, grid_size: tuple[int, int],
-                     candidates: ImageCandidates, settings: InstanceConfig) -> torch.Tensor:
-    """(K, H, W) masks of the chosen hypotheses at image resolution (see ``bridgeseg.refine``)."""
+                     candidates: ImageCandidates, settings: InstanceConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, H, W) masks of the chosen hypotheses at image resolution (see ``bridgeseg.refine``), and
+    their (K, 4) ``refine.mask_extents``.
+
+    One pass over the image per rank of candidates, for all classes together: each candidate
+    pixel reads the grown cluster map of its own class."""
     masks = torch.zeros(len(labels), *candidates.image_size, dtype=torch.bool, device=labels.device)
-    for k, hyp in per_class.items():
-        rows = (labels == k + 1).nonzero().squeeze(1)
-        if not len(rows):
+    pixels = []  # (owner, ys, xs) of every pass
+    num_classes = candidates.probs.shape[0]
+    for index, rank in enumerate(_pass_ranks(settings)):
+        layer_of = torch.full((num_classes,), -1, dtype=torch.long, device=labels.device)  # class -> layer
+        layers = []
+        for k, hyp in per_class.items():
+            rows = (labels == k + 1).nonzero().squeeze(1)
+            cluster_rows = _rows_of_clusters(hyp, rows, ids)[index] if len(rows) else None
+            if cluster_rows is not None and bool((cluster_rows >= 0).any()):
+                layer_of[k + 1] = len(layers)
+                layers.append(fill_gaps(cluster_rows.view(grid_size)))
+        if not layers:
             continue
-        for rank, cluster_rows in zip(_pass_ranks(settings), _rows_of_clusters(hyp, rows, ids)):
-            if not bool((cluster_rows >= 0).any()):
-                continue
-            owner = assign_pixels(fill_gaps(cluster_rows.view(grid_size)), candidates.stride, candidates.image_size)
-            inside = (owner >= 0) & candidates(rank, k + 1)
-            ys, xs = inside.nonzero(as_tuple=True)
+        stack = torch.stack(layers)  # (L, h, w)
+        for classes in candidates(rank):  # (H, W) each pixel's j-th candidate class, 0 = none
+            owner = assign_pixels(stack, candidates.stride, candidates.image_size, layers=layer_of[classes])
+            ys, xs = (owner >= 0).nonzero(as_tuple=True)
             masks[owner[ys, xs], ys, xs] = True
-    return masks
+            pixels.append((owner[ys, xs], ys, xs))
+    if not pixels:
+        return masks, torch.zeros(len(labels), 4, dtype=torch.long, device=labels.device)
+    owners, ys, xs = (torch.cat(parts) for parts in zip(*pixels))
+    return masks, pixel_extents(owners, ys, xs, len(labels))
 
 
 def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, image_size: tuple[int, int],
@@ -414,14 +429,16 @@ def group_instances(probs: torch.Tensor, transforms: torch.Tensor, stride: int, 
         _paint_clusters(grid_masks, hyp, (labels[best] == k + 1).nonzero().squeeze(1), local_ids[best])
     if settings.masks == "class_map" and (height, width) != tuple(image_size):
         candidates = ImageCandidates(probs, stride, tuple(image_size), settings.min_score, class_map)
-        masks = _class_map_masks(per_class, labels[best], local_ids[best], (height, width), candidates, settings)
+        masks, extents = _class_map_masks(per_class, labels[best], local_ids[best], (height, width), candidates,
+                                          settings)
     else:
         masks = upsample_masks(grid_masks.view(-1, height, width), stride, image_size, settings.mask_threshold)
+        extents = None
     profiles = None
     if settings.merge_across_classes and settings.merge_fragments > 0 and len(best) > 1:
         # (K, C) each cluster's mean class probabilities on the grid: only the joining reads them
         members = grid_masks.float()
         profiles = members @ probs.flatten(1).T / members.sum(1, keepdim=True).clamp(min=1)
-    masks, keep = merge_fragments(masks, labels[best], boxes[best], settings.merge_fragments, profiles)
+    masks, keep = merge_fragments(masks, labels[best], boxes[best], settings.merge_fragments, profiles, extents)
     best = best[keep]
     return Instances(masks=masks[keep], labels=labels[best], scores=scores[best], boxes=boxes[best])

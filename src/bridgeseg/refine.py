@@ -23,7 +23,6 @@ from .geometry import interpolation, upsampled_rows
 
 FILL_STEPS = 2  # grid cells a cluster may reach beyond its own cells to claim pixels of its class
 _ROW_CHUNK_PIXELS = 1 << 21  # image pixels assigned per block (four (rows, W) id and weight maps each)
-_BOX_CHUNK = 16  # boxes tested together against every mask pixel ((chunk, pixels) comparisons)
 
 
 def fill_gaps(ids: torch.Tensor, steps: int = FILL_STEPS) -> torch.Tensor:
@@ -47,20 +46,26 @@ def fill_gaps(ids: torch.Tensor, steps: int = FILL_STEPS) -> torch.Tensor:
     return filled
 
 
-def assign_pixels(ids: torch.Tensor, stride: int, image_size: tuple[int, int]) -> torch.Tensor:
+def assign_pixels(ids: torch.Tensor, stride: int, image_size: tuple[int, int],
+                  layers: torch.Tensor | None = None) -> torch.Tensor:
     """The cluster each image pixel's grid neighbourhood belongs to.
 
     Args:
-        ids: (h, w) long cluster ids on the grid (-1 = none), already grown by ``fill_gaps``.
+        ids: (h, w) long cluster ids on the grid (-1 = none), already grown by ``fill_gaps``; or
+            (L, h, w), one such map per layer (one per class: a pixel reads the map of its class).
         stride: the grid's stride; image_size: (H, W).
+        layers: None (every pixel reads layer 0), or (H, W) long: the layer of ``ids`` each pixel
+            reads, -1 for none.
 
     Returns:
         (H, W) long: per pixel the id with the largest total bilinear weight among its four
-        surrounding grid cells (ties: the first of lower-left, lower-right, upper-left,
-        upper-right), -1 where none of them has a cluster.
+        surrounding grid cells of its layer (ties: the first of lower-left, lower-right,
+        upper-left, upper-right), -1 where none of them has a cluster or the pixel reads no layer.
     """
     height, width = image_size
-    cells_y, cells_x = ids.shape
+    cells_y, cells_x = ids.shape[-2:]
+    grid = cells_y * cells_x
+    flat = torch.cat([ids.reshape(-1), ids.new_full((1,), -1)])  # the last entry: "no layer"
     low_y, up_y, weight_y = interpolation(height, cells_y, stride, ids.device)
     low_x, up_x, weight_x = interpolation(width, cells_x, stride, ids.device)
     out = torch.empty(image_size, dtype=torch.long, device=ids.device)
@@ -68,8 +73,14 @@ def assign_pixels(ids: torch.Tensor, stride: int, image_size: tuple[int, int]) -
     for start in range(0, height, step):
         rows = slice(start, min(start + step, height))
         wy = weight_y[rows].view(-1, 1)
-        corners = torch.stack([ids[low_y[rows]][:, low_x], ids[low_y[rows]][:, up_x],
-                               ids[up_y[rows]][:, low_x], ids[up_y[rows]][:, up_x]])  # (4, rows, W)
+        if layers is None:
+            base = torch.zeros(1, 1, dtype=torch.long, device=ids.device)
+        else:
+            layer = layers[rows]
+            base = torch.where(layer >= 0, layer * grid, -1)
+        cells = [(low_y, low_x), (low_y, up_x), (up_y, low_x), (up_y, up_x)]
+        corners = torch.stack([flat[torch.where(base >= 0, base + (ys[rows] * cells_x).view(-1, 1) + xs, len(flat) - 1)]
+                               for ys, xs in cells])  # (4, rows, W)
         weights = torch.stack([(1 - wy) * (1 - weight_x), (1 - wy) * weight_x, wy * (1 - weight_x), wy * weight_x])
         weights = weights * (corners >= 0)
         # corner by corner on contiguous (rows, W) planes: reductions over the 4 corners are
@@ -86,31 +97,38 @@ def assign_pixels(ids: torch.Tensor, stride: int, image_size: tuple[int, int]) -
     return out
 
 
-def image_candidates(probs: torch.Tensor, stride: int, image_size: tuple[int, int], rank: int,
-                     min_score: float) -> torch.Tensor:
-    """Candidate pixels of every foreground class at image resolution.
+def ranked_classes(probs: torch.Tensor, stride: int, image_size: tuple[int, int], rank: int,
+                   min_score: float) -> torch.Tensor:
+    """Each pixel's ``rank`` highest-scoring classes at image resolution: its candidate classes.
 
     Args:
-        probs: (C, h, w) grid probabilities.
-        rank: a pixel is a candidate of the classes among its ``rank`` highest upsampled scores
-            (ties: lower class index first) whose score is positive and at least ``min_score``.
+        probs: (C, h, w) grid probabilities, upsampled with ``resize_to_input``'s geometry.
+        rank: how many classes per pixel (ties: lower class index first).
+        min_score: a class is a candidate only where its score is positive and at least this.
 
     Returns:
-        (C - 1, H, W) bool; row k is class k + 1.
+        (rank, H, W) long: row j is each pixel's (j + 1)-th class, 0 where that is the
+        background or not a candidate.
     """
-    out = torch.zeros(probs.shape[0] - 1, *image_size, dtype=torch.bool, device=probs.device)
+    out = torch.empty(rank, *image_size, dtype=torch.long, device=probs.device)
     for rows, block in upsampled_rows(probs, stride, image_size):
-        ranked = block.argsort(dim=0, descending=True, stable=True)[:rank]
-        in_top = torch.zeros(block.shape, dtype=torch.bool, device=probs.device).scatter_(0, ranked, True)
-        out[:, rows] = in_top[1:] & (block[1:] > 0) & (block[1:] >= min_score)
+        if rank == 1:
+            top = block.max(dim=0, keepdim=True)  # first index among ties, as a stable sort's
+            scores, classes = top.values, top.indices
+        else:
+            scores, classes = block.sort(dim=0, descending=True, stable=True)
+            scores, classes = scores[:rank], classes[:rank]
+        out[:, rows] = torch.where((scores > 0) & (scores >= min_score), classes, 0)
     return out
 
 
 class ImageCandidates:
-    """Candidate pixels of each class and rank at image resolution, computed once when first needed.
+    """Candidate classes of each pixel at image resolution (``ranked_classes``), computed once per
+    rank when first needed.
 
-    ``candidates(rank, label)`` is (H, W) bool; with no score floor, the top-1 candidates are the
-    class map itself when one is given (the argmax of the upsampled probabilities, or ground truth).
+    ``candidates(rank)`` is (rank, H, W) long. With no score floor, the top-1 candidates are the
+    class map itself when one is given (the argmax of the upsampled probabilities, or ground truth;
+    values that are no foreground class, such as a void 255, count as background).
     """
 
     def __init__(self, probs: torch.Tensor, stride: int, image_size: tuple[int, int], min_score: float,
@@ -119,41 +137,90 @@ class ImageCandidates:
         self.class_map = class_map if min_score == 0 else None  # argmax == top-1 candidates when no floor
         self._by_rank: dict[int, torch.Tensor] = {}
 
-    def __call__(self, rank: int, label: int) -> torch.Tensor:
-        """(H, W) bool candidates of class ``label`` among the top ``rank``."""
-        if rank == 1 and self.class_map is not None:
-            return self.class_map == label
+    def __call__(self, rank: int) -> torch.Tensor:
+        """(rank, H, W) long: each pixel's candidate classes by rank, 0 = none."""
         if rank not in self._by_rank:
-            self._by_rank[rank] = image_candidates(self.probs, self.stride, self.image_size, rank, self.min_score)
-        return self._by_rank[rank][label - 1]
+            if rank == 1 and self.class_map is not None:
+                known = (self.class_map > 0) & (self.class_map < self.probs.shape[0])
+                self._by_rank[rank] = torch.where(known, self.class_map.long(), 0)[None]
+            else:
+                self._by_rank[rank] = ranked_classes(self.probs, self.stride, self.image_size, rank, self.min_score)
+        return self._by_rank[rank]
 
 
-def pixels_in_boxes(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def mask_extents(masks: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) bool -> (K, 4) long ``[y0, y1, x0, x1]``: each mask's bounding rows ``y0 .. y1 - 1``
+    and columns ``x0 .. x1 - 1``; all 0 for an empty mask (``pixel_extents`` from its pixels)."""
+    extents = torch.zeros(masks.shape[0], 4, dtype=torch.long, device=masks.device)
+    for hit, column in ((masks.any(dim=2), 0), (masks.any(dim=1), 2)):  # (K, H) rows, (K, W) columns
+        present = hit.any(dim=1)
+        index = torch.arange(hit.shape[1], device=masks.device)
+        first = torch.where(hit, index, hit.shape[1]).min(dim=1).values
+        last = torch.where(hit, index, -1).max(dim=1).values + 1
+        extents[:, column] = torch.where(present, first, 0)
+        extents[:, column + 1] = torch.where(present, last, 0)
+    return extents
+
+
+def pixel_extents(owner: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, count: int) -> torch.Tensor:
+    """``mask_extents`` of ``count`` masks from their pixels: pixel i (``ys[i]``, ``xs[i]``) is in
+    mask ``owner[i]`` (1-D long tensors of one length)."""
+    extents = torch.zeros(count, 4, dtype=torch.long, device=owner.device)
+    if not len(owner):
+        return extents
+    for column, values in ((0, ys), (2, xs)):
+        first = torch.full((count,), torch.iinfo(torch.long).max, dtype=torch.long, device=owner.device)
+        last = torch.full((count,), -1, dtype=torch.long, device=owner.device)
+        first.scatter_reduce_(0, owner, values, "amin")
+        last.scatter_reduce_(0, owner, values, "amax")
+        present = last >= 0
+        extents[:, column] = torch.where(present, first, 0)
+        extents[:, column + 1] = torch.where(present, last + 1, 0)
+    return extents
+
+
+def pixels_in_boxes(masks: torch.Tensor, boxes: torch.Tensor, extents: torch.Tensor | None = None) -> torch.Tensor:
     """How many pixels of each mask lie in each box.
 
     Args:
         masks: (K, H, W) bool.
         boxes: (B, 4) xyxy in image pixels; pixel (y, x) is inside when its centre (x + 0.5,
             y + 0.5) is.
+        extents: the masks' ``mask_extents`` when already known.
 
     Returns:
         (B, K) long: entry (b, k) counts the pixels of mask k inside box b.
     """
-    count = masks.shape[0]
     # pixel x is inside [x1, x2] when x1 <= x + 0.5 <= x2: columns ceil(x1 - 0.5) .. floor(x2 - 0.5)
     first = torch.ceil(boxes[:, :2] - 0.5).long()
-    last = torch.floor(boxes[:, 2:] - 0.5).long()
-    owner, ys, xs = masks.nonzero(as_tuple=True)  # only the masks' pixels: the masks are sparse
-    inside = torch.zeros(len(boxes), count, dtype=torch.long, device=masks.device)
-    for start in range(0, len(boxes), _BOX_CHUNK):
-        b = slice(start, start + _BOX_CHUNK)
-        hit = ((xs >= first[b, :1]) & (xs <= last[b, :1]) & (ys >= first[b, 1:]) & (ys <= last[b, 1:])).long()
-        inside[b].index_add_(1, owner, hit)
+    end = torch.floor(boxes[:, 2:] - 0.5).long() + 1  # one past the last column / row
+    inside = torch.zeros(len(boxes), masks.shape[0], dtype=torch.long, device=masks.device)
+    extents = mask_extents(masks) if extents is None else extents
+    for k, (y0, y1, x0, x1) in enumerate(extents.tolist()):
+        if y1 == y0:
+            continue
+        # a summed-area table of the mask's bounding box: four look-ups per box
+        table = F.pad(masks[k, y0:y1, x0:x1].long().cumsum(0).cumsum(1), (1, 0, 1, 0))  # (h + 1, w + 1)
+        height, width = y1 - y0, x1 - x0
+        ya, yb = (first[:, 1] - y0).clamp(0, height), (end[:, 1] - y0).clamp(0, height)
+        xa, xb = (first[:, 0] - x0).clamp(0, width), (end[:, 0] - x0).clamp(0, width)
+        yb, xb = torch.maximum(ya, yb), torch.maximum(xa, xb)  # an inverted box holds nothing
+        inside[:, k] = table[yb, xb] - table[ya, xb] - table[yb, xa] + table[ya, xa]
     return inside
 
 
+def _shared_pixels(masks: torch.Tensor, extents: torch.Tensor, i: int, j: int) -> int:
+    """Pixels masks i and j share, counted where their bounding boxes meet."""
+    y0, x0 = torch.maximum(extents[i, [0, 2]], extents[j, [0, 2]]).tolist()
+    y1, x1 = torch.minimum(extents[i, [1, 3]], extents[j, [1, 3]]).tolist()
+    if y1 <= y0 or x1 <= x0:
+        return 0
+    return int((masks[i, y0:y1, x0:x1] & masks[j, y0:y1, x0:x1]).sum())
+
+
 def merge_fragments(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, threshold: float,
-                    class_profiles: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    class_profiles: torch.Tensor | None = None,
+                    extents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Join the fragments of one object: clusters that each lie inside the other's box.
 
     Each cluster's box is where its pixels' votes say the whole object is. When a noisy
@@ -180,16 +247,20 @@ def merge_fragments(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tens
         threshold: in (0, 1]; 0 merges nothing (only empty masks are dropped).
         class_profiles: None, or (K, C) each cluster's mean class probabilities: also join
             unsure pieces of different classes (above).
+        extents: the masks' ``mask_extents`` when already known.
 
     Returns:
         ``(masks, keep)``: the (K, H, W) masks with fragments joined into their first cluster,
         and the (K,) bool of clusters that remain.
     """
-    areas = masks.flatten(1).sum(1)
-    keep = areas > 0
+    extents = mask_extents(masks) if extents is None else extents
+    keep = extents[:, 1] > extents[:, 0]
     if threshold <= 0 or len(labels) < 2:
         return masks, keep
-    inside = pixels_in_boxes(masks, boxes).double()  # (box i, mask j)
+    height, width = masks.shape[-2:]
+    whole = torch.tensor([[0.0, 0.0, float(width), float(height)]], dtype=boxes.dtype, device=boxes.device)
+    inside = pixels_in_boxes(masks, torch.cat([boxes, whole]), extents)  # (box i, mask j); last: the image
+    inside, areas = inside[:-1].double(), inside[-1]
     fraction = inside / areas.clamp(min=1).double()[None, :]
     mutual = (fraction >= threshold) & (fraction.T >= threshold) & keep[:, None] & keep[None, :]
     same_class = labels[:, None] == labels[None, :]
@@ -198,7 +269,7 @@ def merge_fragments(masks: torch.Tensor, labels: torch.Tensor, boxes: torch.Tens
     else:
         for i, j in (mutual & ~same_class).triu(1).nonzero().tolist():
             unsure = 2 * class_profiles[j, labels[i]] >= class_profiles[j, labels[j]]
-            shared = int((masks[i] & masks[j]).sum())
+            shared = _shared_pixels(masks, extents, i, j)
             if not unsure or 2 * shared >= min(int(areas[i]), int(areas[j])):
                 mutual[i, j] = mutual[j, i] = False
     mutual.fill_diagonal_(False)
