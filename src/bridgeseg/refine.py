@@ -9,7 +9,8 @@ vote for their clusters with their bilinear weights, and the cluster with the la
 wins. Grid cells that belong to no cluster first take the cluster of a neighbouring cell (for at
 most ``FILL_STEPS`` cells), so thin parts between grid samples are not lost. A mask is therefore
 a subset of its class's candidate pixels, follows the class map's boundaries, and two touching
-instances of one class meet along the line where their clusters' weights are equal.
+instances of one class meet along the line where their clusters' weights are equal. Every class
+is assigned in the same pass over the image: a pixel reads the cluster map of its own class.
 
 Pure tensor functions; no config.
 """
