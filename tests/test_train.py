@@ -89,7 +89,8 @@ def test_a_batch_gives_the_loss_it_gave_before_the_loader_was_made_faster(synthe
     from bridgeseg.engine.train import setup, train_step
 
     settings = [f"data.root={synthetic_root}", "data.crop_size=48", "train.batch_size=3", "train.iterations=40",
-                "train.time_limit_minutes=0", "train.checkpoint_every=0", "data.copy_paste=0.5"]
+                "train.time_limit_minutes=0", "train.checkpoint_every=0", "data.copy_paste=0.5",
+                "train.amp=off"]  # float32 whatever the CPU: the reference below is float32
     config = load_config(resolve_config_path("demo"), settings)
     run = setup(config, tmp_path / "run", resume=False)
     loader = iter(training_loader(config, run.train_set, start_step=0))
@@ -107,3 +108,45 @@ def test_a_batch_gives_the_loss_it_gave_before_the_loader_was_made_faster(synthe
     expected, _ = run.criterion(run.network((images - mean) / std), run.criterion.targets(labels), run.step)
     loss, _ = train_step(run, batch, 1.0)
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_bf16_exactly_where_the_cpu_computes_it_natively(monkeypatch, native):
+    from bridgeseg.engine.train import autocast, resolve_amp
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == ("bf16" if native else "off")
+    for explicit in ("off", "bf16", "fp16"):
+        assert resolve_amp(explicit, cpu) == explicit  # an explicit mode is never second-guessed
+    conv = nn.Conv2d(3, 4, 3)
+    with autocast(cpu, "auto"):
+        out = conv(torch.randn(1, 3, 8, 8))
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_amp_auto_without_the_private_torch_checks_is_float32(monkeypatch):
+    """``torch.cpu._is_*_supported`` are private: a torch without them must mean float32, not a crash."""
+    from bridgeseg.engine.train import resolve_amp
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert resolve_amp("auto", torch.device("cpu")) == "off"
+
+
+def test_a_run_with_amp_auto_trains_in_the_resolved_precision(synthetic_root, tmp_path, monkeypatch, capsys):
+    from bridgeseg.config import load_config, resolve_config_path
+    from bridgeseg.engine.train import setup
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    settings = [f"data.root={synthetic_root}", "data.crop_size=48", "train.batch_size=2", "train.iterations=2",
+                "train.time_limit_minutes=0", "train.amp=auto"]
+    run = setup(load_config(resolve_config_path("demo"), settings), tmp_path / "run", resume=False)
+    assert run.amp == "off" and not run.scaler.is_enabled()
+    assert "train.amp=auto: float32" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    run = setup(load_config(resolve_config_path("demo"), settings), tmp_path / "run2", resume=False)
+    assert run.amp == "bf16" and not run.scaler.is_enabled()
+    assert "bfloat16 autocast" in capsys.readouterr().out

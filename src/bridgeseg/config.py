@@ -41,7 +41,7 @@ __all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "InstanceConfig"
 LOSS_RESOLUTIONS = ("label", "output", "output_x2")
 CLASS_WEIGHTINGS = ("none", "median_frequency")
 OPTIMIZERS = ("sgd", "adamw")
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("off", "auto", "bf16", "fp16")
 # keys that moved: old dotted key -> new one (configs stored in checkpoints are migrated)
 MOVED_KEYS = {"instance.protocol": "eval.protocol"}
 
@@ -197,6 +197,9 @@ class TrainConfig:
     ``final.pt`` holds it and the final evaluation scores it.
     lr_warmup_iterations: 0 (the paper's: the poly schedule from the first step), or N: the rate
     rises linearly from base / N to the poly schedule's over the first N steps.
+    amp: autocast of the forward pass: ``off`` (float32, the paper's), ``bf16``, ``fp16`` (with
+    loss scaling), or ``auto``: ``bf16`` where the device computes it natively (a GPU with bf16, a
+    CPU with AVX512-BF16 or AMX), else ``off``. Losses are computed in float32 either way.
     """
 
     optimizer: str = setting("sgd", choices=OPTIMIZERS)

@@ -110,8 +110,28 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
                     parameter.requires_grad_(False)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively: a CUDA GPU with bf16 support, or
+    a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated, and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private: may go
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``train.amp`` as it runs on ``device``: ``auto`` is ``bf16`` where ``native_bf16``, else ``off``."""
+    if amp != "auto":
+        return amp
+    return "bf16" if native_bf16(device) else "off"
+
+
 def autocast(device: torch.device, amp: str):
-    """Mixed precision context for the forward pass (losses are computed in float32)."""
+    """Mixed precision context for the forward pass (losses are computed in float32); ``amp`` as
+    ``resolve_amp`` gives it (``auto`` is taken as ``resolve_amp`` resolves it)."""
+    amp = resolve_amp(amp, device)
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -157,6 +177,7 @@ class Run:
     sample_weights: torch.Tensor | None = None  # repeat factor sampling of the training images (None: epochs)
     config_changes: dict = field(default_factory=dict)  # {"section.key": (old, new)} taken on resume
     average: WeightAverage | None = None  # train.weight_average (None: off)
+    amp: str = "off"  # train.amp as it runs on this device (resolve_amp): off, bf16 or fp16
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -222,13 +243,17 @@ def setup(config: Config, out_dir: str | Path, resume: bool = True) -> Run:
     torch.manual_seed(tcfg.seed)
     device = distributed.resolve_device(tcfg.device, rank.local_rank)
     model = _build_model(config, train_set.num_classes, rank, device)
+    amp = resolve_amp(tcfg.amp, device)
+    if tcfg.amp == "auto" and rank.is_main:
+        print("train.amp=auto: " + (f"bfloat16 autocast (this {device.type.upper()} computes it natively; "
+                                    "train.amp=off for float32)" if amp == "bf16" else "float32 (no native bfloat16 here)"))
     optimizer = build_optimizer(model, tcfg)
     sample_weights, class_weights = _balance(config, train_set, rank.is_main)
     run = Run(config, out_dir, rank, device, model, model, optimizer,
-              torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16"),
+              torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
               SegmentationLoss(config.loss, train_set.num_classes, model.output_stride, class_weights),
               train_set, val_set, config_changes=changes, sample_weights=sample_weights,
-              average=WeightAverage(model, tcfg.weight_average) if tcfg.weight_average > 0 else None)
+              average=WeightAverage(model, tcfg.weight_average) if tcfg.weight_average > 0 else None, amp=amp)
     if state is not None:
         _resume(run, state)
     if rank.enabled:
@@ -275,7 +300,7 @@ def train_step(run: Run, batch: dict, lr_factor: float, clock=None) -> tuple[tor
     labels = {key: batch[key].to(run.device, non_blocking=True) for key in ("semantic", "instance") if key in batch}
     targets = run.criterion.targets(labels)
     mark("targets")
-    with autocast(run.device, run.config.train.amp):
+    with autocast(run.device, run.amp):
         outputs = run.network(images)
     mark("forward")
     loss, parts = run.criterion(outputs, targets, run.step)
@@ -349,12 +374,12 @@ def _evaluate(run: Run, limit: int, progress: bool) -> dict:
     heads = run.model.heads
     # a localization network alone is scored on ground-truth class maps (the paper's pilot setting)
     oracle = None if "semantic" in heads else "semantic"
-    with autocast(run.device, config.train.amp):
-        metrics = evaluate_model(predictor, loader, run.class_names,
-                                 config.instance if "localization" in heads else None, config.eval.protocol,
-                                 oracle=oracle, progress=progress and run.rank.is_main,
-                                 description=f"evaluating at step {run.step}", thing_classes=predictor.thing_classes,
-                                 panoptic_min_area=config.eval.panoptic_min_area)
+    # in float32 whatever train.amp: the figures are the ones `bridgeseg evaluate` gives the checkpoint
+    metrics = evaluate_model(predictor, loader, run.class_names,
+                             config.instance if "localization" in heads else None, config.eval.protocol,
+                             oracle=oracle, progress=progress and run.rank.is_main,
+                             description=f"evaluating at step {run.step}", thing_classes=predictor.thing_classes,
+                             panoptic_min_area=config.eval.panoptic_min_area)
     set_train_mode(run.model, config.model.freeze_bn)
     return metrics
 
