@@ -60,6 +60,8 @@ def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
     ("train: 5\n", "section 'train' must be a mapping"),
     ("- a\n- b\n", "must hold a mapping"),
     ("model: {depth: [\n", "not valid YAML"),
+    ("train:\n  amp: auto\n  lr: 0.1\n  amp: off\n", "key 'amp' appears twice in one section"),
+    ("train:\n  lr: 0.1\ntrain:\n  lr: 0.2\n", "key 'train' appears twice"),
 ])
 def test_bad_files_name_the_key_and_the_fix(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

@@ -357,7 +357,18 @@ def config_from_dict(raw: dict[str, Any] | None, migrate: bool = False) -> Confi
 
 class _Loader(yaml.SafeLoader):
     """YAML whose booleans are YAML 1.2's, true and false: ``off``, ``on``, ``yes`` and ``no`` stay
-    words, so ``train.amp=off`` means the mode "off" (YAML 1.1 would read it as False)."""
+    words, so ``train.amp=off`` means the mode "off" (YAML 1.1 would read it as False). A key given
+    twice in one mapping is an error (plain YAML loaders keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one section; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {
