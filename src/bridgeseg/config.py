@@ -199,7 +199,7 @@ class TrainConfig:
     rises linearly from base / N to the poly schedule's over the first N steps.
     amp: autocast of the forward pass: ``off`` (float32, the paper's), ``bf16``, ``fp16`` (with
     loss scaling), or ``auto``: ``bf16`` where the device computes it natively (a GPU with bf16, a
-    CPU with AVX512-BF16 or AMX), else ``off``. Losses are computed in float32 either way.
+    CPU with AVX512-BF16 or AMX), else ``off``. Losses and evaluations run in float32 either way.
     """
 
     optimizer: str = setting("sgd", choices=OPTIMIZERS)

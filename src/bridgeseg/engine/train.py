@@ -129,8 +129,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, amp: str):
-    """Mixed precision context for the forward pass (losses are computed in float32); ``amp`` as
-    ``resolve_amp`` gives it (``auto`` is taken as ``resolve_amp`` resolves it)."""
+    """Mixed precision context for the forward pass (losses are computed in float32); ``amp`` is
+    any ``train.amp`` mode, ``auto`` as ``resolve_amp`` resolves it on ``device``."""
     amp = resolve_amp(amp, device)
     if amp == "off":
         return contextlib.nullcontext()
