@@ -210,6 +210,44 @@ def test_upsample_aligned_puts_fine_position_j_at_coarse_position_j_over_2(rows,
         upsample_aligned(coarse, (2 * rows + 1, 2 * cols))
 
 
+@pytest.mark.parametrize("size", [(7, 9), (8, 10), (8, 9)])
+def test_upsample_aligned_repeats_the_last_row_like_replicate_padding_with_its_gradient(size):
+    """The repeated last row / column is F.pad(mode="replicate") of the aligned interpolation:
+    the same values and the same gradients (written as a gather, which torch.compile handles)."""
+    import torch.nn.functional as F
+
+    from bridgeseg.models.decoder import upsample_aligned
+
+    coarse = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, *size, dtype=torch.float64)
+    (upsample_aligned(coarse, size) * weights).sum().backward()
+    ours = coarse.grad.clone()
+    coarse.grad = None
+    up = F.interpolate(coarse, size=(7, 9), mode="bilinear", align_corners=True)
+    padded = F.pad(up, (0, size[1] - 9, 0, size[0] - 7), mode="replicate")
+    (padded * weights).sum().backward()
+    torch.testing.assert_close(upsample_aligned(coarse, size), padded)
+    torch.testing.assert_close(ours, coarse.grad)
+
+
+@pytest.mark.slow
+def test_the_demo_recipe_trains_compiled(tmp_path):
+    """``train.compile: true`` on the demo's model (channels-last, the skip decoder): two steps run
+    and their losses are finite (torch.compile once failed in the decoder's replicate padding)."""
+    from bridgeseg.config import load_config, resolve_config_path
+    from bridgeseg.data.loading import training_loader
+    from bridgeseg.data.synthetic import SceneSpec, generate_dataset
+    from bridgeseg.engine.train import setup, train_step
+
+    root = generate_dataset(tmp_path / "data", 8, 2, seed=0, spec=SceneSpec.for_size(64), workers=1)
+    config = load_config(resolve_config_path("demo"), [f"data.root={root}", "train.compile=true", "train.amp=off",
+                                                        "train.iterations=2", "data.crop_size=64"])
+    run = setup(config, tmp_path / "run", resume=False)
+    for batch in training_loader(config, run.train_set, start_step=0):
+        loss, _ = train_step(run, batch, 1.0)
+        assert torch.isfinite(loss)
+
+
 @pytest.mark.parametrize("output_stride,decoder_stride,skips", [(16, 8, ["layer2"]), (8, 4, ["layer1"]),
                                                                  (16, 4, ["layer2", "layer1"]), (32, 16, ["layer3"])])
 def test_decoder_brings_the_heads_to_its_stride_from_the_right_stages(output_stride, decoder_stride, skips):
