@@ -38,6 +38,17 @@ def test_instance_statistics_boxes_classes_areas():
     assert inverse[0, 9, 0] == -1 and inverse[0, 0, 0] == -1 and inverse[0, 3, 5] == 1
 
 
+def test_instance_statistics_with_sparse_large_ids_matches_small_ids():
+    """Ids like 26001 or 2**31 (a user's 32-bit instance PNGs) give the same statistics, in the same
+    order, as the same instances numbered 1, 2, 3."""
+    instance, semantic = scene()
+    large = instance.clone()
+    for small, big in ((1, 26_001), (2, 2**31), (3, 2**31 + 7)):
+        large[instance == small] = big
+    for got, want in zip(instance_statistics(large, semantic, 3), instance_statistics(instance, semantic, 3)):
+        torch.testing.assert_close(got, want)
+
+
 def test_targets_encode_offsets_relative_to_box_size_and_log_sizes():
     instance, semantic = scene()
     targets = box_targets(instance, semantic, num_classes=3, stride=1)
