@@ -11,7 +11,7 @@ from bridgeseg.config import DataConfig
 from bridgeseg.data.io import read_image, read_label, voc_palette, write_label
 from bridgeseg.data.loading import SampleCache, StepSampler, TrainingSamples
 from bridgeseg.data.synthetic import CLASS_NAMES, SceneSpec, render_scene
-from bridgeseg.data.augment import TrainAugmentation, normalize, pad_to, resize, to_tensors
+from bridgeseg.data.augment import TrainAugmentation, normalize, scaled_crop, scaled_size, to_tensors
 from bridgeseg.data.voc import VOC_CLASSES, VOCSegmentation
 
 from conftest import shared_fixture
@@ -251,25 +251,56 @@ def test_generated_dataset_is_the_same_with_any_number_of_workers(tmp_path):
     assert (one / "JPEGImages" / "train_00000.jpg").read_bytes() != (different / "JPEGImages" / "train_00000.jpg").read_bytes()
 
 
-def test_label_resize_is_pils_nearest_in_any_integer_type():
+def _resized_padded_cropped(sample: dict, size: tuple[int, int], top: int, left: int, crop: int,
+                            mean_color: tuple[int, int, int]) -> dict:
+    """The reference for ``scaled_crop``: the whole image resized by PIL (bilinear; labels nearest, as
+    int32 images), padded bottom/right, then cropped."""
+    height, width = sample["image"].shape[:2]
+    padded_h, padded_w = max(size[0], crop), max(size[1], crop)
+    out = {}
+    for key, value in sample.items():
+        is_image = key == "image"
+        if size == (height, width):
+            resized = value
+        elif is_image:
+            resized = np.asarray(Image.fromarray(value).resize(size[::-1], Image.BILINEAR))
+        else:
+            resized = np.asarray(Image.fromarray(value.astype(np.int32)).resize(size[::-1], Image.NEAREST))
+        padded = np.empty((padded_h, padded_w, 3) if is_image else (padded_h, padded_w), value.dtype)
+        padded[...] = np.asarray(mean_color, np.uint8) if is_image else 255
+        padded[:size[0], :size[1]] = resized
+        out[key] = padded[top:top + crop, left:left + crop]
+    return out
+
+
+def test_scaled_crop_is_the_crop_of_the_whole_image_resized_and_padded():
+    """Resizing only the crop's window gives the labels exactly (PIL's nearest pixels, in the label's
+    own integer type, 255 in the padding) and the image within PIL's rounding of its filter weights."""
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        height, width = (int(v) for v in rng.integers(1, 90, 2))
-        scale = float(rng.uniform(0.3, 2.5))
-        semantic = rng.integers(0, 256, (height, width)).astype(np.uint8)
-        instance = rng.integers(0, 70000, (height, width)).astype(np.int64)  # Cityscapes-style ids
-        sample = {"image": np.zeros((height, width, 3), np.uint8), "semantic": semantic, "instance": instance}
-        out = resize(sample, scale)
-        size = out["image"].shape[1], out["image"].shape[0]
-        for key, label in (("semantic", semantic), ("instance", instance)):
-            expected = np.asarray(Image.fromarray(label.astype(np.int32)).resize(size, Image.NEAREST))
-            assert out[key].dtype == label.dtype and np.array_equal(out[key], expected), (height, width, scale, key)
+    differing = 0
+    for _ in range(300):
+        height, width = (int(v) for v in rng.integers(1, 120, 2))
+        crop = int(rng.integers(4, 100))
+        size = scaled_size(height, width, float(rng.uniform(0.3, 2.5)))
+        top = int(rng.integers(0, max(size[0], crop) - crop + 1))
+        left = int(rng.integers(0, max(size[1], crop) - crop + 1))
+        sample = {"image": rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+                  "semantic": rng.integers(0, 256, (height, width)).astype(np.uint8),
+                  "instance": rng.integers(0, 70000, (height, width)).astype(np.int64)}  # Cityscapes-style ids
+        got = scaled_crop(sample, size, top, left, crop, (10, 20, 30))
+        want = _resized_padded_cropped(sample, size, top, left, crop, (10, 20, 30))
+        for key in ("semantic", "instance"):
+            assert got[key].dtype == sample[key].dtype and np.array_equal(got[key], want[key]), (height, width, size, key)
+        difference = np.abs(got["image"].astype(int) - want["image"])
+        assert got["image"].shape == (crop, crop, 3) and difference.max() <= 2, (height, width, size, top, left)
+        differing += int(difference.any())
+    assert differing < 300  # most crops agree to the bit
 
 
-def test_padding_keeps_the_label_type():
+def test_scaled_crop_pads_with_the_mean_colour_and_void_in_the_label_type():
     sample = {"image": np.zeros((2, 3, 3), np.uint8), "semantic": np.ones((2, 3), np.uint8),
               "instance": np.full((2, 3), 300, np.int32)}
-    out = pad_to(sample, 4, 4, (10, 20, 30))
+    out = scaled_crop(sample, (2, 3), 0, 0, 4, (10, 20, 30))
     assert out["semantic"].dtype == np.uint8 and out["instance"].dtype == np.int32
     assert (out["semantic"][2:] == 255).all() and (out["instance"][:, 3] == 255).all()
     assert (out["instance"][:2, :3] == 300).all() and (out["image"][3, 3] == (10, 20, 30)).all()

@@ -30,45 +30,43 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     return np.minimum(centres.astype(np.int64), size_in - 1)
 
 
-def resize(sample: dict, scale: float) -> dict:
-    """Resize image and label maps by ``scale`` (new size rounded, at least 1 pixel); label maps keep
-    their integer type."""
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) of an image resized by ``scale``: rounded, at least 1 pixel."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def scaled_crop(sample: dict, size: tuple[int, int], top: int, left: int, crop_size: int,
+                mean_color: tuple[int, int, int]) -> dict:
+    """The ``crop_size`` square at (top, left) of the sample resized to ``size`` (height, width) and
+    padded bottom/right to at least the crop: the image with ``mean_color``, label maps with 255
+    (void) in their own integer type.
+
+    Only the crop's window is resized (PIL's ``box``; labels gather just its rows and columns): the
+    same pixels as resizing the whole image and then cropping, at the cost of the crop alone.
+    Images are resized bilinearly; label maps take exactly PIL's ``Image.NEAREST`` pixels.
+    """
     height, width = sample["image"].shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if size == (width, height):
-        return sample
+    rows = min(size[0] - top, crop_size) if top < size[0] else 0
+    cols = min(size[1] - left, crop_size) if left < size[1] else 0
     out = dict(sample)
-    out["image"] = np.asarray(Image.fromarray(sample["image"]).resize(size, Image.BILINEAR))
-    rows, cols = nearest_indices(height, size[1]), nearest_indices(width, size[0])
-    for key in _labels(sample):
-        # a gather of rows, then of columns (not PIL): any integer type and value, no conversions
-        out[key] = sample[key].take(rows, axis=0).take(cols, axis=1)
-    return out
-
-
-def pad_to(sample: dict, height: int, width: int, mean_color: tuple[int, int, int]) -> dict:
-    """Pad bottom/right to at least (height, width): image with ``mean_color``, labels with 255 (in
-    their own integer type)."""
-    h, w = sample["image"].shape[:2]
-    pad_h, pad_w = max(height - h, 0), max(width - w, 0)
-    if pad_h == 0 and pad_w == 0:
-        return sample
-    out = dict(sample)
-    image = np.empty((h + pad_h, w + pad_w, 3), dtype=np.uint8)
+    image = np.empty((crop_size, crop_size, 3), dtype=np.uint8)
     image[...] = np.asarray(mean_color, dtype=np.uint8)
-    image[:h, :w] = sample["image"]
+    if rows > 0 and cols > 0:
+        if size == (height, width):
+            window = sample["image"][top:top + rows, left:left + cols]
+        else:
+            y_scale, x_scale = height / size[0], width / size[1]
+            box = (left * x_scale, top * y_scale, (left + cols) * x_scale, (top + rows) * y_scale)
+            window = np.asarray(Image.fromarray(sample["image"]).resize((cols, rows), Image.BILINEAR, box=box))
+        image[:rows, :cols] = window
     out["image"] = image
+    row_index = nearest_indices(height, size[0])[top:top + rows]
+    col_index = nearest_indices(width, size[1])[left:left + cols]
     for key in _labels(sample):
-        label = np.full((h + pad_h, w + pad_w), VOID, dtype=sample[key].dtype)
-        label[:h, :w] = sample[key]
+        label = np.full((crop_size, crop_size), VOID, dtype=sample[key].dtype)
+        # a gather of rows, then of columns (not PIL): any integer type and value, no conversions
+        label[:rows, :cols] = sample[key].take(row_index, axis=0).take(col_index, axis=1)
         out[key] = label
-    return out
-
-
-def crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
-    out = dict(sample)
-    for key in ("image", *_labels(sample)):
-        out[key] = sample[key][top:top + height, left:left + width]
     return out
 
 
@@ -166,12 +164,10 @@ class TrainAugmentation:
         self.mean_color = tuple(int(round(255 * m)) for m in mean)
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        sample = resize(sample, rng.uniform(self.scale_min, self.scale_max))
-        sample = pad_to(sample, self.crop_size, self.crop_size, self.mean_color)
-        height, width = sample["image"].shape[:2]
-        top = int(rng.integers(0, height - self.crop_size + 1))
-        left = int(rng.integers(0, width - self.crop_size + 1))
-        sample = crop(sample, top, left, self.crop_size, self.crop_size)
+        size = scaled_size(*sample["image"].shape[:2], rng.uniform(self.scale_min, self.scale_max))
+        top = int(rng.integers(0, max(size[0], self.crop_size) - self.crop_size + 1))
+        left = int(rng.integers(0, max(size[1], self.crop_size) - self.crop_size + 1))
+        sample = scaled_crop(sample, size, top, left, self.crop_size, self.mean_color)
         if self.flip and rng.random() < 0.5:
             sample = hflip(sample)
         if self.color_jitter > 0:
