@@ -212,22 +212,22 @@ def test_upsample_aligned_puts_fine_position_j_at_coarse_position_j_over_2(rows,
 
 @pytest.mark.parametrize("size", [(7, 9), (8, 10), (8, 9)])
 def test_upsample_aligned_repeats_the_last_row_like_replicate_padding_with_its_gradient(size):
-    """The repeated last row / column is F.pad(mode="replicate") of the aligned interpolation:
-    the same values and the same gradients (written as a gather, which torch.compile handles)."""
+    """Under torch.compile the last row / column is repeated by a gather: the same values and
+    gradients as the eager replicate padding."""
     import torch.nn.functional as F
 
-    from bridgeseg.models.decoder import upsample_aligned
+    from bridgeseg.models.decoder import repeat_last_by_gather
 
-    coarse = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(2, 3, *size, dtype=torch.float64)
-    (upsample_aligned(coarse, size) * weights).sum().backward()
-    ours = coarse.grad.clone()
-    coarse.grad = None
-    up = F.interpolate(coarse, size=(7, 9), mode="bilinear", align_corners=True)
+    gathered = repeat_last_by_gather(up, size)
+    (gathered * weights).sum().backward()
+    gathered_grad = up.grad.clone()
+    up.grad = None
     padded = F.pad(up, (0, size[1] - 9, 0, size[0] - 7), mode="replicate")
     (padded * weights).sum().backward()
-    torch.testing.assert_close(upsample_aligned(coarse, size), padded)
-    torch.testing.assert_close(ours, coarse.grad)
+    torch.testing.assert_close(gathered, padded)
+    torch.testing.assert_close(gathered_grad, up.grad)
 
 
 @pytest.mark.slow
