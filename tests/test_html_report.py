@@ -81,3 +81,21 @@ def test_the_sort_key_falls_back_to_iou(tmp_path):
 @pytest.mark.parametrize("count", [0])
 def test_an_empty_gallery_still_writes_a_page(tmp_path, count):
     assert page_data(write_html_report(tmp_path, {}, NAMES, gallery_rows(tmp_path, count).rows))["rows"] == []
+
+
+def test_class_tables_say_what_each_class_is_mistaken_for(tmp_path):
+    """The terminal table, the Markdown report and the HTML page all name the class that takes most
+    of a class's pixels, from the confusion matrix (rows ground truth)."""
+    from bridgeseg.evaluation.semantic import metrics_from_confusion
+    from bridgeseg.report import markdown_metrics, metrics_table
+
+    # circle: 10 pixels, 6 right, 3 called square, 1 background -> "square 30.0"; square never wrong
+    confusion = np.array([[50, 0, 0], [1, 6, 3], [0, 0, 8]])
+    results = {"semantic": metrics_from_confusion(confusion, num_images=1)}
+    text = metrics_table(results, NAMES)
+    circle = next(line for line in text.splitlines() if line.startswith("circle"))
+    assert circle.split()[-2:] == ["square", "30.0"]
+    assert next(line for line in text.splitlines() if line.startswith("square ")).split()[-1] == "-"
+    assert "| circle | 60.0 | square 30.0 |" in markdown_metrics(results, NAMES)
+    page = write_html_report(tmp_path, results, NAMES, Gallery(tmp_path).rows).read_text()
+    assert "<th>mistaken for</th>" in page and "<td>square 30.0</td>" in page

@@ -200,7 +200,34 @@ def test_metrics_hand_computed_example():
     assert result["per_class_accuracy"] == pytest.approx([0.5, float(Fraction(2, 3)), None, None])
     assert result["per_class_iou"] == pytest.approx([0.4, 0.5, 0.0, None])
     assert result["per_class_iou"][2] == 0.0 and result["per_class_iou"][3] is None
+    # mistaken for: class 0's wrong pixels tie 1 : 1 between classes 1 and 2 -> the lower, 1, 1/4;
+    # class 1's wrong pixel is class 0, 1/3; classes 2 and 3 have no pixel
+    assert result["per_class_mistaken_for"] == [{"class": 1, "fraction": 0.25},
+                                                {"class": 0, "fraction": pytest.approx(1 / 3)}, None, None]
     assert result["num_images"] == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mistaken_for_matches_pixel_counts(seed):
+    """The class most of each class's true pixels are predicted as, from the label maps directly."""
+    rng = np.random.default_rng(seed)
+    num_classes = 5
+    pred, gt = random_labels(rng, (37, 29), num_classes)
+    pred[(gt == 2) & (rng.random(gt.shape) < 0.7)] = 4   # class 2 mostly taken for class 4
+    pred[gt == 3] = 3                                     # class 3 never wrong
+    result = metrics_from_confusion(brute_force_confusion(pred, gt, num_classes), num_images=1)
+    for k in range(num_classes):
+        wrong = pred[(gt == k) & (pred != k)]
+        if wrong.size == 0:
+            assert result["per_class_mistaken_for"][k] is None
+            continue
+        counts = np.bincount(wrong, minlength=num_classes)
+        expected = int(np.flatnonzero(counts == counts.max())[0])
+        entry = result["per_class_mistaken_for"][k]
+        assert entry["class"] == expected
+        assert entry["fraction"] == pytest.approx(counts.max() / np.sum(gt == k), abs=1e-12)
+    assert result["per_class_mistaken_for"][2]["class"] == 4
+    assert result["per_class_mistaken_for"][3] is None
 
 
 def test_metrics_types_and_ranges():
@@ -209,7 +236,7 @@ def test_metrics_types_and_ranges():
     for confusion in (matrix, torch.from_numpy(matrix)):
         result = metrics_from_confusion(confusion, num_images=3)
         assert set(result) == {"pixel_accuracy", "mean_accuracy", "mean_iou", "per_class_iou",
-                               "per_class_accuracy", "num_images"}
+                               "per_class_accuracy", "per_class_mistaken_for", "num_images"}
         for key in ("pixel_accuracy", "mean_accuracy", "mean_iou"):
             assert type(result[key]) is float and 0.0 <= result[key] <= 1.0
         assert all(type(v) is float and 0.0 <= v <= 1.0 for v in result["per_class_iou"])

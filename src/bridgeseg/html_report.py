@@ -124,7 +124,8 @@ def _class_table_html(results: dict, class_names: tuple[str, ...]) -> str:
     header, rows = class_table(results, class_names)
     head = "".join(f"<th>{html.escape(name)}</th>" for name in header)
     body = "".join("<tr><td>" + html.escape(str(row[0])) + "</td>" +
-                   "".join(f'<td class="num">{percent(value)}</td>' for value in row[1:]) + "</tr>" for row in rows)
+                   "".join(f'<td>{html.escape(value)}</td>' if isinstance(value, str) else
+                           f'<td class="num">{percent(value)}</td>' for value in row[1:]) + "</tr>" for row in rows)
     return f'<table id="classes"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 

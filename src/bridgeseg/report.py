@@ -17,6 +17,11 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def cell(value: float | str | None) -> str:
+    """One entry of a class table: a fraction as ``percent``, text as it is."""
+    return value if isinstance(value, str) else percent(value)
+
+
 def headline(results: dict) -> list[tuple[str, float | None]]:
     """The summary numbers present in ``results``: (name, fraction) pairs."""
     semantic, instance = results.get("semantic"), results.get("instance")
@@ -41,9 +46,20 @@ def _entry(per_class: dict | None, name: str, key: str) -> float | None:
     return None if value is None else value[key]
 
 
+def _mistaken_for(entry: dict | None, class_names: tuple[str, ...]) -> str:
+    """``"diamond 62.5"``: the class most of a class's pixels are predicted as, and the percentage."""
+    if entry is None:
+        return "-"
+    index = entry["class"]
+    name = class_names[index] if index < len(class_names) else f"class {index}"
+    return f"{name} {percent(entry['fraction'])}"
+
+
 def class_table(results: dict, class_names: tuple[str, ...] | None = None) -> tuple[list[str], list[list]]:
     """Per-class columns present in ``results``: ``(header, rows)``, each row the class name then
-    fractions (None where a class has no score)."""
+    fractions (None where a class has no score) and, last, the text column "mistaken for" (the
+    other class that takes most of the class's true pixels, with its percentage of them) where the
+    semantic results have it."""
     semantic, instance = results.get("semantic"), results.get("instance")
     panoptic, cityscapes = results.get("panoptic"), results.get("cityscapes")
     if class_names is None:
@@ -65,6 +81,9 @@ def class_table(results: dict, class_names: tuple[str, ...] | None = None) -> tu
     if cityscapes:
         header += ["AP (CS)", "AP50 (CS)"]
         columns += [lambda index, name, key=key: _entry(cityscapes["per_class"], name, key) for key in ("AP", "AP50")]
+    if semantic and "per_class_mistaken_for" in semantic:
+        header.append("mistaken for")
+        columns.append(lambda index, name: _mistaken_for(semantic["per_class_mistaken_for"][index], class_names))
     rows = [[name] + [column(index, name) for column in columns] for index, name in enumerate(class_names)]
     return header, rows
 
@@ -83,9 +102,14 @@ def metrics_table(results: dict, class_names: tuple[str, ...] | None = None) -> 
     header, rows = class_table(results, class_names)
     if len(header) > 1:
         name_width = max(len(str(row[0])) for row in rows) + 2 if rows else 8
-        lines += ["", f"{'class':<{name_width}}" + "".join(f"{name:>10}" for name in header[1:])]
+        widths = [max([10] + [len(cell(row[i])) + 2 for row in rows]) for i in range(1, len(header))]
+        lines += ["", f"{'class':<{name_width}}" + "".join(f"{name:>{w}}" for name, w in zip(header[1:], widths))]
         lines.append("-" * len(lines[-1]))
-        lines += [f"{row[0]:<{name_width}}" + "".join(f"{percent(value):>10}" for value in row[1:]) for row in rows]
+        lines += [f"{row[0]:<{name_width}}" + "".join(f"{cell(value):>{w}}" for value, w in zip(row[1:], widths))
+                  for row in rows]
+        if header[-1] == "mistaken for":
+            lines.append("mistaken for: the other class that most of a class's true pixels are predicted as, "
+                         "and their share of them")
     return "\n".join(lines)
 
 
@@ -94,9 +118,10 @@ def markdown_metrics(results: dict, class_names: tuple[str, ...]) -> str:
     out = ["| metric | value |", "|---|---|"] + [f"| {name} | {percent(value)} % |" for name, value in headline(results)]
     header, rows = class_table(results, class_names)
     if len(header) > 1:
-        out += ["", "| " + " | ".join(header[:1] + [f"{name} %" for name in header[1:]]) + " |",
+        out += ["", "| " + " | ".join(header[:1] + [name if name == "mistaken for" else f"{name} %"
+                                                     for name in header[1:]]) + " |",
                 "|" + "---|" * len(header)]
-        out += ["| " + " | ".join([str(row[0])] + [percent(value) for value in row[1:]]) + " |" for row in rows]
+        out += ["| " + " | ".join([str(row[0])] + [cell(value) for value in row[1:]]) + " |" for row in rows]
     return "\n".join(out)
 
 

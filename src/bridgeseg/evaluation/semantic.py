@@ -149,6 +149,10 @@ def metrics_from_confusion(confusion: np.ndarray | torch.Tensor, num_images: int
             ``per_class_iou``: K floats, None where the class is in neither ground truth nor
                 prediction;
             ``per_class_accuracy``: K floats, None where the class is absent from the ground truth;
+            ``per_class_mistaken_for``: K entries ``{"class": j, "fraction": f}``: the other class
+                j that most of class k's true pixels are predicted as (the largest off-diagonal
+                count of row k; ties: the lower index) and f, that count over the row sum; None
+                where the class is absent from the ground truth or none of its pixels is wrong;
             ``num_images``: int.
         All fractions lie in [0, 1]; a matrix with no pixel gives 0.0 rather than NaN.
     """
@@ -171,8 +175,22 @@ def metrics_from_confusion(confusion: np.ndarray | torch.Tensor, num_images: int
         "mean_iou": _mean_or_zero(iou),
         "per_class_iou": _to_list(iou),
         "per_class_accuracy": _to_list(accuracy),
+        "per_class_mistaken_for": _mistaken_for(matrix),
         "num_images": int(num_images),
     }
+
+
+def _mistaken_for(matrix: np.ndarray) -> list[dict | None]:
+    """For each ground-truth row of the (K, K) ``matrix``, the predicted class that takes the most
+    of its pixels besides itself, and that share of the row (see ``metrics_from_confusion``)."""
+    wrong = matrix.copy()
+    np.fill_diagonal(wrong, 0)
+    rows = matrix.sum(axis=1)
+    entries: list[dict | None] = []
+    for k, row in enumerate(wrong):
+        j = int(row.argmax())
+        entries.append({"class": j, "fraction": float(row[j] / rows[k])} if row[j] > 0 else None)
+    return entries
 
 
 # --------------------------------------------------------------------------------------------------
