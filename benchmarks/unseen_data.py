@@ -262,6 +262,8 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
         "rarest_class": class_names[rarest], "rarest_train_instances": counts[rarest],
         "rarest_iou": per_class_iou[rarest],
         "per_class_iou": dict(zip(class_names, per_class_iou)),
+        "mistaken_for": {name: None if entry is None else [class_names[entry["class"]], entry["fraction"]]
+                         for name, entry in zip(class_names, metrics["semantic"].get("per_class_mistaken_for", []))},
         "train_instances": dict(zip(class_names[1:], counts[1:])),
         "mAP_r@0.5": metrics["instance"]["mAP_r@0.5"], "mAP_r@0.7": metrics["instance"]["mAP_r@0.7"],
         "per_class_ap@0.5": {name: None if ap is None else ap["0.5"]
@@ -279,7 +281,8 @@ def percent(value: float | None) -> str:
 def format_table(rows: list[dict]) -> str:
     """The results as a text table (metrics in %; minutes of training and of training + evaluate +
     predict-dataset; CCpred / CCgt: connected components of the predicted / true class maps; OSgt:
-    true maps sampled at the output stride), per-class IoU, AP@0.5 and training instances below."""
+    true maps sampled at the output stride), per-class IoU, AP@0.5, training instances and the class
+    each class's pixels are most often predicted as below."""
     header = (f"{'family':<14} {'steps':>5} {'train':>5} {'total':>5} {'mIoU':>5} {'rarest (IoU)':>19}"
               f" {'AP@.5':>5} {'AP@.7':>5} | {'CCpred@.5':>9} {'@.7':>5} | {'CCgt@.5':>7} {'@.7':>5}"
               f" | {'OSgt mIoU':>9} {'@.5':>5} {'@.7':>5}")
@@ -299,8 +302,12 @@ def format_table(rows: list[dict]) -> str:
         ious = ", ".join(f"{name} {percent(iou).strip()}" for name, iou in row["per_class_iou"].items())
         aps = ", ".join(f"{name} {percent(ap).strip()}" for name, ap in row["per_class_ap@0.5"].items())
         counts = ", ".join(f"{name} {count}" for name, count in row["train_instances"].items())
-        lines += [f"{row['family']}: IoU   {ious}", f"{' ' * len(row['family'])}  AP@.5 {aps}",
-                  f"{' ' * len(row['family'])}  train instances {counts}"]
+        indent = " " * len(row["family"])
+        lines += [f"{row['family']}: IoU   {ious}", f"{indent}  AP@.5 {aps}", f"{indent}  train instances {counts}"]
+        mistaken = [f"{name} as {entry[0]} {percent(entry[1]).strip()}"
+                    for name, entry in row.get("mistaken_for", {}).items() if entry is not None and name != "background"]
+        if mistaken:
+            lines.append(f"{indent}  mistaken for (share of the class's pixels) {', '.join(mistaken)}")
     return "\n".join(lines)
 
 

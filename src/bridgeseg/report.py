@@ -46,7 +46,7 @@ def _entry(per_class: dict | None, name: str, key: str) -> float | None:
     return None if value is None else value[key]
 
 
-def _mistaken_for(entry: dict | None, class_names: tuple[str, ...]) -> str:
+def _mistaken_for_text(entry: dict | None, class_names: tuple[str, ...]) -> str:
     """``"diamond 62.5"``: the class most of a class's pixels are predicted as, and the percentage."""
     if entry is None:
         return "-"
@@ -83,7 +83,7 @@ def class_table(results: dict, class_names: tuple[str, ...] | None = None) -> tu
         columns += [lambda index, name, key=key: _entry(cityscapes["per_class"], name, key) for key in ("AP", "AP50")]
     if semantic and "per_class_mistaken_for" in semantic:
         header.append("mistaken for")
-        columns.append(lambda index, name: _mistaken_for(semantic["per_class_mistaken_for"][index], class_names))
+        columns.append(lambda index, name: _mistaken_for_text(semantic["per_class_mistaken_for"][index], class_names))
     rows = [[name] + [column(index, name) for column in columns] for index, name in enumerate(class_names)]
     return header, rows
 
