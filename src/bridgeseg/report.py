@@ -17,6 +17,9 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+MISTAKEN_FOR = "mistaken for"  # the class table's one text column (``class_table``)
+
+
 def cell(value: float | str | None) -> str:
     """One entry of a class table: a fraction as ``percent``, text as it is."""
     return value if isinstance(value, str) else percent(value)
@@ -82,7 +85,7 @@ def class_table(results: dict, class_names: tuple[str, ...] | None = None) -> tu
         header += ["AP (CS)", "AP50 (CS)"]
         columns += [lambda index, name, key=key: _entry(cityscapes["per_class"], name, key) for key in ("AP", "AP50")]
     if semantic and "per_class_mistaken_for" in semantic:
-        header.append("mistaken for")
+        header.append(MISTAKEN_FOR)
         columns.append(lambda index, name: _mistaken_for_text(semantic["per_class_mistaken_for"][index], class_names))
     rows = [[name] + [column(index, name) for column in columns] for index, name in enumerate(class_names)]
     return header, rows
@@ -107,7 +110,7 @@ def metrics_table(results: dict, class_names: tuple[str, ...] | None = None) -> 
         lines.append("-" * len(lines[-1]))
         lines += [f"{row[0]:<{name_width}}" + "".join(f"{cell(value):>{w}}" for value, w in zip(row[1:], widths))
                   for row in rows]
-        if header[-1] == "mistaken for":
+        if header[-1] == MISTAKEN_FOR:
             lines.append("mistaken for: the other class that most of a class's true pixels are predicted as, "
                          "and their share of them")
     return "\n".join(lines)
@@ -118,7 +121,7 @@ def markdown_metrics(results: dict, class_names: tuple[str, ...]) -> str:
     out = ["| metric | value |", "|---|---|"] + [f"| {name} | {percent(value)} % |" for name, value in headline(results)]
     header, rows = class_table(results, class_names)
     if len(header) > 1:
-        out += ["", "| " + " | ".join(header[:1] + [name if name == "mistaken for" else f"{name} %"
+        out += ["", "| " + " | ".join(header[:1] + [name if name == MISTAKEN_FOR else f"{name} %"
                                                      for name in header[1:]]) + " |",
                 "|" + "---|" * len(header)]
         out += ["| " + " | ".join([str(row[0])] + [cell(value) for value in row[1:]]) + " |" for row in rows]
