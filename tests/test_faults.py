@@ -253,15 +253,16 @@ def test_a_longer_schedule_and_a_new_learning_rate_are_taken_and_recorded(synthe
     assert run(*train_args(synthetic_root, run_copy, "model.arch=joint", "train.iterations=3", "train.lr=0.0001",
                            "eval.flip=true")) == 0
     printed = capsys.readouterr().out
+    demo = load_config(resolve_config_path("demo")).train
     assert ("resuming from" in printed and "at step 2 with changed settings: train.iterations 2 -> 3, train.lr "
-            "0.003 -> 0.0001, eval.flip False -> True") in printed
+            f"{demo.lr} -> 0.0001, eval.flip False -> True") in printed
     records = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
-    assert {"step": 2, "config_changes": {"train.iterations": [2, 3], "train.lr": [0.003, 0.0001],
+    assert {"step": 2, "config_changes": {"train.iterations": [2, 3], "train.lr": [demo.lr, 0.0001],
                                           "eval.flip": [False, True]}} in records
     step_3 = next(record for record in records if record.get("step") == 3 and "lr" in record)
-    # the new rate, not the checkpoint's: poly at progress 2/3, and step 3 of the demo's 300-step warm-up
-    power = load_config(resolve_config_path("demo")).train.poly_power
-    assert step_3["lr"] == pytest.approx(0.0001 * (1 / 3) ** power * 3 / 300, rel=1e-3)
+    # the new rate, not the checkpoint's: poly at progress 2/3, and step 3 of the demo's warm-up
+    power = demo.poly_power
+    assert step_3["lr"] == pytest.approx(0.0001 * (1 / 3) ** power * 3 / demo.lr_warmup_iterations, rel=1e-3)
     assert "iterations: 3" in (run_copy / "config.yaml").read_text()
 
 
