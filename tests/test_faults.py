@@ -261,8 +261,8 @@ def test_a_longer_schedule_and_a_new_learning_rate_are_taken_and_recorded(synthe
                                           "eval.flip": [False, True]}} in records
     step_3 = next(record for record in records if record.get("step") == 3 and "lr" in record)
     # the new rate, not the checkpoint's: poly at progress 2/3, and step 3 of the demo's warm-up
-    power = demo.poly_power
-    assert step_3["lr"] == pytest.approx(0.0001 * (1 / 3) ** power * 3 / demo.lr_warmup_iterations, rel=1e-3)
+    assert step_3["lr"] == pytest.approx(0.0001 * (1 / 3) ** demo.poly_power * 3 / demo.lr_warmup_iterations,
+                                         rel=1e-3)
     assert "iterations: 3" in (run_copy / "config.yaml").read_text()
 
 
