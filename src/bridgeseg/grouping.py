@@ -135,7 +135,7 @@ class InstanceConfig:
             hypotheses of ``top_n > 1``), and the whole takes the best-scoring piece's class.
             Default True: on networks trained for 2,600 steps on the demo's scenes and four
             generators of ``benchmarks/scenes.py`` it added 0 to 5.1 points of mAP^r@0.5 and 0
-            to 5.1 of @0.7 and lost nowhere (README, "Release 6: pieces of two classes join").
+            to 5.1 of @0.7 and lost nowhere (docs/recipe-history.md, "Release 6: pieces of two classes join").
             False: as the paper, an object that the class map splits between classes stays in
             pieces, one per class.
         method: ``grouping`` (default, the paper's) or ``connected_components`` (the baseline: each
