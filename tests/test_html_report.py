@@ -97,5 +97,8 @@ def test_class_tables_say_what_each_class_is_mistaken_for(tmp_path):
     assert circle.split()[-2:] == ["square", "30.0"]
     assert next(line for line in text.splitlines() if line.startswith("square ")).split()[-1] == "-"
     assert "| circle | 60.0 | square 30.0 |" in markdown_metrics(results, NAMES)
+    # short class names make the column narrower than its name, which must still stand apart
+    short = metrics_table(results, ("bg", "a", "b")).splitlines()
+    assert next(line for line in short if line.startswith("class")).split() == ["class", "IoU", "mistaken", "for"]
     page = write_html_report(tmp_path, results, NAMES, Gallery(tmp_path).rows).read_text()
     assert "<th>mistaken for</th>" in page and "<td>square 30.0</td>" in page

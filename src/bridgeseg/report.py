@@ -105,7 +105,8 @@ def metrics_table(results: dict, class_names: tuple[str, ...] | None = None) -> 
     header, rows = class_table(results, class_names)
     if len(header) > 1:
         name_width = max(len(str(row[0])) for row in rows) + 2 if rows else 8
-        widths = [max([10] + [len(cell(row[i])) + 2 for row in rows]) for i in range(1, len(header))]
+        widths = [max([10, len(header[i]) + 2] + [len(cell(row[i])) + 2 for row in rows])
+                  for i in range(1, len(header))]
         lines += ["", f"{'class':<{name_width}}" + "".join(f"{name:>{w}}" for name, w in zip(header[1:], widths))]
         lines.append("-" * len(lines[-1]))
         lines += [f"{row[0]:<{name_width}}" + "".join(f"{cell(value):>{w}}" for value, w in zip(row[1:], widths))
