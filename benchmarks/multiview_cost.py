@@ -1,7 +1,7 @@
 """Cost of multi-view testing: 1, 2 (flip), 5 (scales) and 10 (scales x flip) views against the
 single view, same model, same image, measured in alternating rounds in one run.
 
-    PYTHONPATH=src python benchmarks/multiview_cost.py [--depth 18] [--size 321] [--rounds 3]
+    .venv/bin/python benchmarks/multiview_cost.py [--depth 18] [--size 321] [--rounds 3]
 
 Each view runs the network on the image resized by its scale, so the cost should follow the
 views' total pixel count (sum of scale^2 over views) and nothing more: the last column, time

@@ -1,11 +1,11 @@
 """What output stride costs before any learning: ground-truth class scores and box transforms,
 sampled on the network's grid, put through our upsampling and grouping.
 
-    PYTHONPATH=src python benchmarks/output_stride_ceiling.py [--sizes 64 128] [--strides 1 4 8] [--images 60]
+    .venv/bin/python benchmarks/output_stride_ceiling.py [--sizes 64 128] [--strides 1 4 8] [--images 60]
 
 For each scene size (synthetic scenes with objects in proportion) and stride, the mean IoU and
 mAP^r@0.5 / @0.7 that perfect score and transform maps reach: the ceiling of any network at that
-stride. It is why the demo uses 128-pixel scenes at output stride 8.
+stride. It is why the demo uses 128-pixel scenes, and heads on maps at stride 4.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Sliding-window inference against the whole image on a Cityscapes-size input: time and peak memory.
 
-    PYTHONPATH=src python benchmarks/sliding_window.py [--depth 18] [--height 1024] [--width 2048]
+    .venv/bin/python benchmarks/sliding_window.py [--depth 18] [--height 1024] [--width 2048]
         [--tiles 1024 512] [--overlap 0.33] [--device cpu|cuda]
 
 Every setting runs in its own subprocess (same model seed, same image) so that peak memory is
