@@ -106,6 +106,65 @@ def test_dropout_blocks_wrap_the_last_blocks_and_keep_weight_names():
     torch.testing.assert_close(with_dropout(x)["layer4"], plain(x)["layer4"])  # dropout is off in eval mode
 
 
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_subsampled_pointwise_conv_is_a_strided_1x1_conv_with_its_gradients(size):
+    from bridgeseg.models.backbone import SubsampledPointwiseConv
+
+    torch.manual_seed(0)
+    strided = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False)
+    subsampled = SubsampledPointwiseConv(8, 16, 1, stride=2, bias=False)
+    subsampled.load_state_dict(strided.state_dict())
+    x = torch.randn(2, 8, *size, requires_grad=True)
+    outputs = [conv(x) for conv in (strided, subsampled)]
+    assert outputs[1].shape == (2, 16, math.ceil(size[0] / 2), math.ceil(size[1] / 2))
+    grad = torch.randn_like(outputs[0])
+    grads = [torch.autograd.grad(out, (x, conv.weight), grad) for out, conv in zip(outputs, (strided, subsampled))]
+    torch.testing.assert_close(outputs[1], outputs[0])
+    for ours, theirs in zip(grads[1], grads[0]):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_backbone_at_stride_32_computes_torchvision_resnet_on_its_weights():
+    """Our module arrangement (the strided 1x1 downsample included) computes torchvision's ResNet."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    ours = DilatedResNet(18, 32)
+    ours.load_torchvision_state_dict(reference.state_dict(), source="test")
+    x = torch.randn(1, 3, 67, 45)
+    with torch.no_grad():
+        theirs = reference.layer4(reference.layer3(reference.layer2(reference.layer1(
+            reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))))))
+        torch.testing.assert_close(ours.eval()(x)["layer4"], theirs)
+
+
+def test_a_narrow_backbone_trains_in_bfloat16_at_batch_1_on_two_threads():
+    """oneDNN's bf16 weight gradient of a strided 1x1 convolution with 8 input channels corrupted
+    the heap at batch 1 on 2 threads (the process died: "free(): invalid next size"); run apart."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from bridgeseg.models import DilatedResNet
+torch.set_num_threads(2)
+net = DilatedResNet(18, 16, width=8).train().to(memory_format=torch.channels_last)
+for _ in range(20):
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)["layer4"]
+    out.float().sum().backward()
+print("trained")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-500:]
+
+
 def test_local_weights_file_round_trip(tmp_path):
     import torchvision
 

@@ -77,6 +77,42 @@ def _resnet_of_width(depth: int, width: int) -> nn.Module:
     return net
 
 
+class SubsampledPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution whose stride is taken by subsampling its input first: (N, C, H, W) ->
+    (N, C', ceil(H / s), ceil(W / s)), the same values and gradients as ``nn.Conv2d`` with stride s
+    (a 1x1 kernel without padding reads only every s-th pixel), and the same parameters and names.
+
+    Why: oneDNN's bfloat16 weight gradient of a strided 1x1 convolution with fewer than 16 input
+    channels (the first downsample of a ResNet of width 8) corrupts the heap when a CPU step's
+    batch is smaller than its threads (torch 2.14, channels_last; "free(): invalid next size").
+    The unstrided 1x1 convolution does not.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C', ceil(H / s), ceil(W / s))."""
+        step_h, step_w = self.stride
+        if (step_h, step_w) != (1, 1):
+            x = x[:, :, ::step_h, ::step_w]
+        return nn.functional.conv2d(x, self.weight, self.bias, 1, 0, self.dilation, self.groups)
+
+
+def _subsample_strided_pointwise(net: nn.Module) -> None:
+    """Replace every stage's strided 1x1 downsample convolution by a ``SubsampledPointwiseConv``
+    holding the same parameters (built without initialising its own, so that the random number
+    stream, and with it every later module's initial weights, stays what it was)."""
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        downsample = getattr(net, name)[0].downsample
+        if downsample is None:
+            continue
+        conv = downsample[0]
+        if conv.kernel_size != (1, 1) or conv.padding != (0, 0) or conv.stride == (1, 1):
+            continue
+        replacement = torch.nn.utils.skip_init(SubsampledPointwiseConv, conv.in_channels, conv.out_channels, 1,
+                                               stride=conv.stride, bias=conv.bias is not None)
+        replacement.weight, replacement.bias = conv.weight, conv.bias
+        downsample[0] = replacement
+
+
 @dataclass(frozen=True)
 class FeatureInfo:
     """Channels and stride (relative to the input) of one named backbone stage."""
@@ -118,6 +154,7 @@ class DilatedResNet(nn.Module):
         # residual branches start at zero (each block the identity): trains faster from random
         # initialisation; loaded weights replace it
         net = _resnet_of_width(depth, width)
+        _subsample_strided_pointwise(net)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
 
