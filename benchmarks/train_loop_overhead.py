@@ -15,10 +15,10 @@
 
 The two alternate in rounds of ``--steps`` steps (after a warm-up of each), so that both see the
 same machine; medians over rounds. Recipes: ``demo`` (configs/demo.yaml: joint ResNet-18 width 16,
-OS 16 with a skip decoder to stride 4, batch 8, 128 crops), ``fcrn50`` (joint FCRN-50 OS 8, 321 crops, batch 4), ``fcrn101`` (joint
-FCRN-101 OS 8, 512 crops, batch 8, for a GPU with --amp bf16). On CUDA it also prints images/s of
-ours over bare (the real loader must keep the device busy) and, with --peak-tflops, the model
-FLOPs utilisation of both.
+OS 16 with a skip decoder to stride 4, batch 8, 128 crops), ``fcrn50`` (joint FCRN-50 OS 8, 321
+crops, batch 4), ``fcrn101`` (joint FCRN-101 OS 8, 512 crops, batch 8, for a GPU with --amp
+bf16). On CUDA it also prints images/s of ours over bare (the real loader must keep the device
+busy) and, with --peak-tflops, the model FLOPs utilisation of both.
 """
 
 from __future__ import annotations

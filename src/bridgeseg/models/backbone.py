@@ -90,10 +90,8 @@ class SubsampledPointwiseConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C', ceil(H / s), ceil(W / s))."""
-        step_h, step_w = self.stride
-        if (step_h, step_w) != (1, 1):
-            x = x[:, :, ::step_h, ::step_w]
-        return nn.functional.conv2d(x, self.weight, self.bias, 1, 0, self.dilation, self.groups)
+        step_h, step_w = self.stride  # (1, 1) once a dilated stage has taken its stride away: a plain view
+        return nn.functional.conv2d(x[:, :, ::step_h, ::step_w], self.weight, self.bias, 1, 0, 1, self.groups)
 
 
 def _subsample_strided_pointwise(net: nn.Module) -> None:
